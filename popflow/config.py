@@ -1,0 +1,290 @@
+"""The configuration file: pydantic models for the contract's keys, ``${VAR}`` expansion, loading.
+
+This module only validates. Opening connections and reading secrets from files happen in the
+sources and sinks. Source and sink *types* come from plugins, so their options are validated in
+two steps: :class:`Config` checks the common keys here, and :func:`validate_component` checks each
+entry against the model of the registered type (see :mod:`popflow.registry`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from popflow.durations import Duration, Size
+from popflow.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "popflow.yaml"
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class StrictModel(BaseModel):
+    """Base for config models: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class MatchRule(StrictModel):
+    """Conditions of a filter or route; every condition given must hold (logical AND)."""
+
+    from_: str | list[str] | None = Field(default=None, alias="from")
+    to: str | list[str] | None = None
+    cc: str | list[str] | None = None
+    subject: str | None = None
+    body: str | None = None
+    header: dict[str, str] | None = None
+    has_attachment: bool | None = None
+    attachment: str | None = None
+    larger_than: Size | None = None
+    smaller_than: Size | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("subject", "body")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _valid_header_regexes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, pattern in (value or {}).items():
+            try:
+                re.compile(str(pattern))
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression for header {name}: {exc}") from exc
+        return {name: str(pattern) for name, pattern in value.items()} if value else value
+
+
+class FilterRule(StrictModel):
+    """One filter: ``drop: {match}`` or ``keep: {match}``. The first rule that matches decides."""
+
+    drop: MatchRule | None = None
+    keep: MatchRule | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FilterRule:
+        if (self.drop is None) == (self.keep is None):
+            raise ValueError("a filter rule needs exactly one of 'drop' or 'keep'")
+        return self
+
+
+class RouteRule(StrictModel):
+    """One route: the sinks that get a message when ``match`` holds (no ``match``: always)."""
+
+    match: MatchRule | None = None
+    sinks: list[str] = Field(min_length=1)
+    stop: bool = False
+
+
+class SourceSettings(BaseModel):
+    """Keys every source type shares: its type and its schedule.
+
+    Source types extend this model with their own keys (see :class:`popflow.sources.pop3.Pop3Config`).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    type: str = "pop3"
+    every: Duration | None = None
+    cron: str | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> SourceSettings:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give either 'every' or 'cron', not both")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from exc
+        if self.every is not None and self.every <= 0:
+            raise ValueError("'every' must be longer than 0s")
+        return self
+
+
+class SinkSettings(BaseModel):
+    """Keys every sink type shares: its type, ``retries`` and ``backoff``."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    type: str
+    retries: int = Field(default=3, ge=0, le=100)
+    backoff: Duration = 1.0
+    backoff_max: Duration = 60.0
+
+
+class Config(StrictModel):
+    """The whole configuration file."""
+
+    state: str = "sqlite:///popflow-state.db"
+    data_dir: Path = Path("./popflow-data")
+    plugins_dir: list[Path] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    batch_size: int = Field(default=100, ge=1, le=10000)
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    filters: list[FilterRule] = Field(default_factory=list)
+    routes: list[RouteRule] = Field(default_factory=list)
+    sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # Where the file was read from; relative paths in it are relative to this folder.
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("plugins_dir", mode="before")
+    @classmethod
+    def _one_or_many_dirs(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+    @field_validator("sources", "sinks", mode="before")
+    @classmethod
+    def _mapping_of_mappings(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            for name, body in value.items():
+                if not isinstance(body, dict):
+                    raise ValueError(f"{name!r} must be a mapping of options")
+        return value
+
+    @model_validator(mode="after")
+    def _routes_name_known_sinks(self) -> Config:
+        for index, route in enumerate(self.routes):
+            for sink in route.sinks:
+                if sink not in self.sinks:
+                    known = ", ".join(sorted(self.sinks)) or "none defined"
+                    raise ValueError(f"routes[{index}] names unknown sink {sink!r} (known: {known})")
+        return self
+
+    def resolve_path(self, path: Path | str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(path).expanduser()
+        if path.is_absolute() or self.source_file is None:
+            return path
+        return self.source_file.parent / path
+
+    def plugin_options(self, name: str) -> dict[str, Any] | None:
+        """Options for plugin ``name``, or None when the config does not enable it."""
+        if name not in self.plugins:
+            return None
+        return self.plugins[name] or {}
+
+
+def expand_env(value: Any, path: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a loaded YAML tree."""
+    if isinstance(value, dict):
+        return {key: expand_env(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_env(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (use ${{{name}:-default}})", path=path)
+
+    return _ENV_RE.sub(substitute, value)
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """(key path, readable problem) pairs from a pydantic error."""
+    problems = []
+    for item in error.errors():
+        parts = [prefix] if prefix else []
+        for loc in item["loc"]:
+            if isinstance(loc, int):
+                parts[-1:] = [f"{parts[-1]}[{loc}]"] if parts else [f"[{loc}]"]
+            else:
+                parts.append(str(loc))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append((".".join(parts) or "(top level)", message))
+    return problems
+
+
+def config_error_from(error: ValidationError, file: str | None, prefix: str = "") -> ConfigError:
+    """One :class:`ConfigError` describing every problem of a pydantic error."""
+    problems = format_validation_error(error, prefix)
+    path, problem = problems[0]
+    if len(problems) > 1:
+        problem += "".join(f"\n  {p}: {m}" for p, m in problems[1:])
+    return ConfigError(problem, file=file, path=path)
+
+
+def default_config_path() -> Path:
+    """``$POPFLOW_CONFIG``, else ``./popflow.yaml``."""
+    return Path(os.environ.get("POPFLOW_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+def parse_config(data: Any, file: str | None = None) -> Config:
+    """Validate an already-loaded YAML tree."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the file must hold a mapping of keys (state, sources, sinks, ...)", file=file)
+    try:
+        expanded = expand_env(data)
+    except ConfigError as exc:
+        exc.file = file
+        raise ConfigError(exc.problem, file=file, path=exc.path) from None
+    try:
+        return Config.model_validate(expanded)
+    except ValidationError as exc:
+        raise config_error_from(exc, file) from None
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read, expand and validate a config file; every problem is a :class:`ConfigError`."""
+    config_path = Path(path) if path is not None else default_config_path()
+    shown = str(config_path)
+    if not config_path.exists():
+        raise ConfigError(
+            "no such config file; create a starter one with `popflow init` "
+            "(or pass -c FILE / set POPFLOW_CONFIG)",
+            file=shown,
+        )
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {problem}", file=shown, path=where) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=shown) from None
+    config = parse_config(data, shown)
+    config.source_file = config_path.resolve()
+    return config
+
+
+def validate_component(
+    model: type[BaseModel], options: dict[str, Any], *, kind: str, name: str, file: str | None
+) -> Any:
+    """Validate one source's or sink's options against its type's model."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        raise config_error_from(exc, file, prefix=f"{kind}.{name}") from None
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    """The plain value of an optional secret (call only where the secret is used)."""
+    return secret.get_secret_value() if secret is not None else None

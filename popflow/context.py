@@ -1,0 +1,29 @@
+"""What sources and sinks get from the host besides their own options."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RuntimeContext:
+    """Paths and the stop signal shared by every source and sink of one popflow process."""
+
+    data_dir: Path
+    """Where spool, dead-letter and quarantine files live (``data_dir:`` in the config)."""
+    base_dir: Path = field(default_factory=Path.cwd)
+    """The config file's folder: relative paths in sink options are relative to it."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set on SIGINT/SIGTERM: finish the message in hand, then QUIT."""
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where large messages are spooled while they are received."""
+        return self.data_dir / "spool"
+
+    def resolve(self, path: Path | str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.base_dir / path

@@ -1,0 +1,208 @@
+"""The plugin manager: built-in plugins, entry points, ``--plugins-dir`` files, and the type registry.
+
+Built-in stages and sinks are ordinary plugins listed in :data:`DEFAULT_PLUGINS` and registered the
+same way a third-party one is. ``POPFLOW_LOAD_PLUGINS`` limits which *installed* (entry-point)
+plugins load: empty loads none, ``a,b`` loads only those.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from popflow import hookspecs
+from popflow.errors import ConfigError, PluginLoadError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "popflow"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "popflow.parser",
+    "popflow.stages.rules:ConfigRules",
+    "popflow.sources.pop3",
+    "popflow.sinks.folder",
+    "popflow.sinks.database",
+)
+"""Built-in plugins: ``module`` or ``module:Class`` (a class is instantiated once per manager)."""
+
+
+@dataclass
+class Registry:
+    """Source and sink types by name, filled through the ``popflow_register_*`` hooks."""
+
+    sources: dict[str, type] = field(default_factory=dict)
+    sinks: dict[str, type] = field(default_factory=dict)
+
+    def _adder(self, table: dict[str, type], kind: str):  # type: ignore[no-untyped-def]
+        def register(name: str, cls: type) -> None:
+            if name in table and table[name] is not cls:
+                raise PluginLoadError(
+                    f"{cls.__module__}.{cls.__qualname__}",
+                    f"{kind} type {name!r} is already registered by {table[name].__module__}",
+                )
+            table[name] = cls
+
+        return register
+
+    def source_type(self, name: str) -> type:
+        """The class of a source type, or a ConfigError listing the known types."""
+        return self._lookup(self.sources, name, "source")
+
+    def sink_type(self, name: str) -> type:
+        """The class of a sink type, or a ConfigError listing the known types."""
+        return self._lookup(self.sinks, name, "sink")
+
+    @staticmethod
+    def _lookup(table: dict[str, type], name: str, kind: str) -> type:
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise ConfigError(f"unknown {kind} type {name!r} (known: {known})")
+        return table[name]
+
+
+class PopflowPluginManager(pluggy.PluginManager):
+    """pluggy's manager plus popflow's type registry."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        self.registry = Registry()
+
+    def collect_types(self) -> Registry:
+        """(Re)build the source and sink registry from the register hooks."""
+        self.registry = Registry()
+        self.hook.popflow_register_sources(register=self.registry._adder(self.registry.sources, "source"))
+        self.hook.popflow_register_sinks(register=self.registry._adder(self.registry.sinks, "sink"))
+        return self.registry
+
+    def plugin_label(self, plugin: object) -> str:
+        """A readable name for a registered plugin."""
+        return self.get_name(plugin) or getattr(plugin, "__name__", type(plugin).__name__)
+
+
+def _load_object(spec: str) -> object:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if not attr:
+        return module
+    obj = getattr(module, attr)
+    return obj() if inspect.isclass(obj) else obj
+
+
+def _register(pm: PopflowPluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except ValueError as exc:  # duplicate name or already registered
+        raise PluginLoadError(name, str(exc)) from exc
+    except pluggy.PluginValidationError as exc:
+        raise PluginLoadError(name, str(exc)) from exc
+
+
+def load_entry_point_plugins(pm: PopflowPluginManager, only: set[str] | None = None) -> list[str]:
+    """Register installed plugins (entry-point group ``popflow``), naming any that fail."""
+    loaded = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if only is not None and entry_point.name not in only:
+            continue
+        if pm.has_plugin(entry_point.name):
+            continue
+        dist = getattr(entry_point, "dist", None)
+        label = f"{dist.name}:{entry_point.name}" if dist is not None else entry_point.name
+        try:
+            plugin = entry_point.load()
+            if inspect.isclass(plugin):
+                plugin = plugin()
+        except Exception as exc:
+            raise PluginLoadError(label, f"{type(exc).__name__}: {exc}") from exc
+        _register(pm, plugin, entry_point.name)
+        loaded.append(entry_point.name)
+    return loaded
+
+
+def load_plugins_dir(pm: PopflowPluginManager, directory: Path) -> list[str]:
+    """Register every ``*.py`` file in ``directory`` as a plugin named after the file."""
+    if not directory.is_dir():
+        raise ConfigError(f"plugins directory {str(directory)!r} does not exist")
+    loaded = []
+    for path in sorted(directory.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module_name = f"popflow_plugins_dir.{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError("cannot create a module spec")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise PluginLoadError(str(path), f"{type(exc).__name__}: {exc}") from exc
+        _register(pm, module, path.stem)
+        loaded.append(path.stem)
+    return loaded
+
+
+def _env_plugin_selection() -> set[str] | None:
+    value = os.environ.get("POPFLOW_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def make_plugin_manager(
+    plugins_dirs: Iterable[Path] = (),
+    extra_plugins: Iterable[object] = (),
+    load_entry_points: bool = True,
+) -> PopflowPluginManager:
+    """Build a manager: built-ins, then entry points, then plugin files, then ``extra_plugins``.
+
+    No import-time side effects: every call returns a fresh, independent manager.
+    """
+    pm = PopflowPluginManager()
+    for spec in DEFAULT_PLUGINS:
+        try:
+            plugin = _load_object(spec)
+        except Exception as exc:
+            raise PluginLoadError(spec, f"{type(exc).__name__}: {exc}") from exc
+        _register(pm, plugin, spec.split(":")[0])
+    if load_entry_points:
+        load_entry_point_plugins(pm, _env_plugin_selection())
+    for directory in plugins_dirs:
+        load_plugins_dir(pm, Path(directory))
+    for index, plugin in enumerate(extra_plugins):
+        _register(pm, plugin, getattr(plugin, "__name__", None) or f"extra-{index}-{type(plugin).__name__}")
+    if os.environ.get("POPFLOW_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda text: log.debug("hook trace: %s", text.rstrip()))
+        pm.enable_tracing()
+    pm.collect_types()
+    return pm
+
+
+def hooks_of(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Names of the hooks that ``plugin`` implements."""
+    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+
+
+def describe_plugins(pm: PopflowPluginManager) -> list[dict[str, Any]]:
+    """Every registered plugin with its hooks and where it came from, for ``popflow plugins``."""
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        module = getattr(plugin, "__name__", None) or type(plugin).__module__
+        builtin = any(name == spec.split(":")[0] for spec in DEFAULT_PLUGINS)
+        rows.append({"name": name, "module": module, "builtin": builtin, "hooks": hooks_of(pm, plugin)})
+    return sorted(rows, key=lambda row: (not row["builtin"], row["name"]))

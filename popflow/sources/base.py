@@ -1,0 +1,92 @@
+"""What a source type provides: a session that lists, retrieves and deletes messages.
+
+The poller drives a :class:`SourceSession` in this order: ``list_messages`` →
+``retrieve_many`` → (deliver, record in the ledger) → ``delete`` → ``close(commit=True)``.
+A POP3 server expunges deleted messages only at QUIT, which ``close(commit=True)`` sends;
+``close(commit=False)`` drops the connection so nothing is expunged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from popflow.config import SourceSettings
+from popflow.context import RuntimeContext
+from popflow.raw import RawMessage
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One message on the server: its number in this session, its unique id and its size."""
+
+    number: int
+    uidl: str
+    size: int
+
+
+@dataclass
+class SessionInfo:
+    """What a login found, for logs and ``popflow check --connect``."""
+
+    message_count: int = 0
+    total_size: int = 0
+    capabilities: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class SourceSession:
+    """One connected, authenticated session with a mailbox."""
+
+    info: SessionInfo
+
+    def list_messages(self) -> list[Listing]:
+        """Every message on the server, in server order."""
+        raise NotImplementedError
+
+    def retrieve(self, listing: Listing) -> RawMessage:
+        """The raw bytes of one message, exactly as stored (dot-unstuffed, nothing re-encoded)."""
+        raise NotImplementedError
+
+    def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage]]:
+        """Retrieve several messages; sessions that can pipeline override this."""
+        for listing in listings:
+            yield listing, self.retrieve(listing)
+
+    def delete(self, listings: Iterable[Listing]) -> None:
+        """Mark messages for deletion (effective only after ``close(commit=True)``)."""
+        raise NotImplementedError
+
+    def close(self, commit: bool = True) -> None:
+        """End the session: with ``commit`` send QUIT so deletions apply, else just disconnect."""
+        raise NotImplementedError
+
+    def __enter__(self) -> SourceSession:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.close(commit=exc_type is None)
+
+
+class Source:
+    """Base class of every source type. Register subclasses with ``popflow_register_sources``."""
+
+    config_model: ClassVar[type[SourceSettings]] = SourceSettings
+    """The pydantic model of this source type's options (extends :class:`SourceSettings`)."""
+
+    def __init__(self, name: str, config: Any, context: RuntimeContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    def connect(self) -> SourceSession:
+        """Connect and authenticate; raise a :class:`~popflow.errors.SourceFatalError` subclass on failure."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for ``popflow check``; never includes secrets."""
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
