@@ -99,6 +99,10 @@ class SourceSettings(BaseModel):
     every: Duration | None = None
     cron: str | None = None
     enabled: bool = True
+    keep_on_server: bool = False
+    delete_after: Duration | None = None
+    max_messages: int = Field(default=0, ge=0)
+    max_size: Size = 50 * 1024 * 1024
 
     @model_validator(mode="after")
     def _one_schedule(self) -> SourceSettings:
@@ -113,7 +117,14 @@ class SourceSettings(BaseModel):
                 raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from exc
         if self.every is not None and self.every <= 0:
             raise ValueError("'every' must be longer than 0s")
+        if self.delete_after is not None and not self.keep_on_server:
+            raise ValueError("'delete_after' only applies with 'keep_on_server: true'")
         return self
+
+    @property
+    def interval(self) -> float:
+        """Seconds between polls when no cron is given (default 60s)."""
+        return self.every if self.every is not None else 60.0
 
 
 class SinkSettings(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from popflow.config import SourceSettings
 from popflow.context import RuntimeContext
+from popflow.errors import DeliveryError
 from popflow.raw import RawMessage
 
 
@@ -49,10 +50,18 @@ class SourceSession:
         """The raw bytes of one message, exactly as stored (dot-unstuffed, nothing re-encoded)."""
         raise NotImplementedError
 
-    def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage]]:
-        """Retrieve several messages; sessions that can pipeline override this."""
+    def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage | DeliveryError]]:
+        """Retrieve several messages in order; sessions that can pipeline override this.
+
+        A message the server refuses to hand out (``-ERR`` on RETR) comes back as a
+        :class:`~popflow.errors.DeliveryError` in place of its bytes, and the others go on;
+        a failure of the connection itself raises :class:`~popflow.errors.SourceConnectionError`.
+        """
         for listing in listings:
-            yield listing, self.retrieve(listing)
+            try:
+                yield listing, self.retrieve(listing)
+            except DeliveryError as exc:
+                yield listing, exc
 
     def delete(self, listings: Iterable[Listing]) -> None:
         """Mark messages for deletion (effective only after ``close(commit=True)``)."""
