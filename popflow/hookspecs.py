@@ -16,7 +16,7 @@ implementations run last-registered-first (pluggy's rule); use ``tryfirst``/``tr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 

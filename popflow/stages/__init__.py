@@ -1,0 +1,1 @@
+"""Built-in pipeline stages: the config's filters and routes."""

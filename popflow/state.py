@@ -1,0 +1,339 @@
+"""popflow's own state: the ledger of (source, UIDL), per-sink deliveries, dead letters, quarantine, runs.
+
+The ledger makes a crash at any point safe. The order of work for each batch is:
+deliver to every routed sink and commit them → record the deliveries and the message as *handled*
+(one transaction) → DELE → QUIT → record *deleted*. A poll that finds a handled UIDL still on the
+server (a crash before QUIT) deletes it without delivering it again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+
+metadata = MetaData()
+
+ledger = Table(
+    "popflow_ledger", metadata,
+    Column("source", String(190), primary_key=True),
+    Column("uidl", String(190), primary_key=True),
+    Column("state", String(16), nullable=False),  # handled | deleted | skipped | deferred
+    Column("outcome", String(32)),  # delivered | dropped | quarantined | dead_letter | no_route | skipped
+    Column("reason", Text),
+    Column("size", BigInteger),
+    Column("sha256", String(64)),
+    Column("message_id", Text),
+    Column("first_seen_at", DateTime(timezone=True)),
+    Column("handled_at", DateTime(timezone=True)),
+    Column("deleted_at", DateTime(timezone=True)),
+)
+
+deliveries = Table(
+    "popflow_deliveries", metadata,
+    Column("source", String(190), primary_key=True),
+    Column("uidl", String(190), primary_key=True),
+    Column("sink", String(190), primary_key=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=False),
+)
+
+dead_letters = Table(
+    "popflow_dead_letters", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(190), nullable=False),
+    Column("uidl", String(190), nullable=False),
+    Column("sink", String(190)),  # None: the message failed before delivery (parse/transform/route)
+    Column("stage", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger),
+    Column("subject", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False, default="pending"),  # pending | replayed
+)
+
+quarantine = Table(
+    "popflow_quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(190), nullable=False),
+    Column("uidl", String(190), nullable=False),
+    Column("verdicts", JSON, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger),
+    Column("subject", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False, default="held"),  # held | released
+)
+
+runs = Table(
+    "popflow_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(190), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16)),
+    Column("counts", JSON),
+    Column("error", Text),
+)
+
+HANDLED_STATES = ("handled", "deleted")
+
+
+def now() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
+def as_aware(value: datetime | None) -> datetime | None:
+    """SQLite drops tz info: read naive datetimes back as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """What the ledger knows about one UIDL."""
+
+    uidl: str
+    state: str
+    outcome: str | None
+    handled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class HandledMessage:
+    """One message to record as handled: its outcome and the sinks that have it."""
+
+    source: str
+    uidl: str
+    outcome: str
+    size: int = 0
+    sha256: str = ""
+    message_id: str | None = None
+    reason: str | None = None
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets `popflow dead-letters list` read while a poll writes; FULL sync keeps the
+        # ledger durable before DELE is sent.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
+class StateStore:
+    """The ledger and the lists of dead letters, quarantined messages and runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.engine = create_engine(url, future=True, pool_pre_ping=True)
+        if parsed.get_backend_name() == "sqlite":
+            _sqlite_pragmas(self.engine)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction, committed on success."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    # -- ledger ----------------------------------------------------------------------------
+    def ledger_for(self, source: str) -> dict[str, LedgerRow]:
+        """Every ledger row of one source, by UIDL."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(ledger.c.uidl, ledger.c.state, ledger.c.outcome, ledger.c.handled_at)
+                .where(ledger.c.source == source)
+            )
+            return {row.uidl: LedgerRow(row.uidl, row.state, row.outcome, as_aware(row.handled_at))
+                    for row in rows}
+
+    def record_handled(self, items: Iterable[HandledMessage], delivered: Iterable[tuple[str, str, str]] = ()) -> None:
+        """Record messages as handled and the sinks that committed them, in one transaction."""
+        stamp = now()
+        with self.transaction() as connection:
+            for source, uidl, sink in delivered:
+                self._upsert_delivery(connection, source, uidl, sink, stamp)
+            for item in items:
+                self._upsert_ledger(connection, item.source, item.uidl, {
+                    "state": "handled", "outcome": item.outcome, "reason": item.reason,
+                    "size": item.size, "sha256": item.sha256, "message_id": item.message_id,
+                    "handled_at": stamp,
+                })
+
+    def record_deliveries(self, delivered: Iterable[tuple[str, str, str]]) -> None:
+        """Record (source, uidl, sink) deliveries of messages not yet fully handled."""
+        stamp = now()
+        with self.transaction() as connection:
+            for source, uidl, sink in delivered:
+                self._upsert_delivery(connection, source, uidl, sink, stamp)
+
+    def record_state(self, source: str, uidl: str, state: str, reason: str | None = None,
+                     size: int | None = None) -> None:
+        """Record a non-handled state (``skipped``, ``deferred``) for one UIDL."""
+        with self.transaction() as connection:
+            self._upsert_ledger(connection, source, uidl, {"state": state, "reason": reason, "size": size})
+
+    def record_deleted(self, source: str, uidls: Iterable[str]) -> None:
+        """Mark UIDLs deleted from the server (after a successful QUIT)."""
+        uidl_list = list(uidls)
+        stamp = now()
+        with self.transaction() as connection:
+            for start in range(0, len(uidl_list), 500):
+                connection.execute(
+                    update(ledger)
+                    .where(ledger.c.source == source, ledger.c.uidl.in_(uidl_list[start:start + 500]))
+                    .values(state="deleted", deleted_at=stamp)
+                )
+
+    def delivered_sinks(self, source: str, uidl: str) -> set[str]:
+        """The sinks that already committed this message."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(deliveries.c.sink).where(deliveries.c.source == source, deliveries.c.uidl == uidl)
+            )
+            return {row.sink for row in rows}
+
+    def _upsert_ledger(self, connection: Connection, source: str, uidl: str, values: dict[str, Any]) -> None:
+        values = {key: value for key, value in values.items() if value is not None or key == "reason"}
+        updated = connection.execute(
+            update(ledger).where(ledger.c.source == source, ledger.c.uidl == uidl).values(**values)
+        )
+        if updated.rowcount == 0:
+            connection.execute(insert(ledger).values(source=source, uidl=uidl, first_seen_at=now(), **values))
+
+    @staticmethod
+    def _upsert_delivery(connection: Connection, source: str, uidl: str, sink: str, stamp: datetime) -> None:
+        exists = connection.execute(
+            select(deliveries.c.sink).where(
+                deliveries.c.source == source, deliveries.c.uidl == uidl, deliveries.c.sink == sink)
+        ).first()
+        if exists is None:
+            connection.execute(insert(deliveries).values(source=source, uidl=uidl, sink=sink, delivered_at=stamp))
+
+    # -- dead letters ----------------------------------------------------------------------
+    def add_dead_letter(self, *, source: str, uidl: str, sink: str | None, stage: str, error: str,
+                        attempts: int, sha256: str, size: int, subject: str | None) -> int:
+        """List a dead letter; its raw bytes are already in the message store."""
+        with self.transaction() as connection:
+            result = connection.execute(insert(dead_letters).values(
+                source=source, uidl=uidl, sink=sink, stage=stage, error=error, attempts=attempts,
+                sha256=sha256, size=size, subject=subject, created_at=now(), status="pending"))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def dead_letters(self, ids: Iterable[int] | None = None, status: str | None = "pending") -> list[dict[str, Any]]:
+        """Dead letters, newest last; all pending ones when ``ids`` is None."""
+        query = select(dead_letters).order_by(dead_letters.c.id)
+        if ids is not None:
+            query = query.where(dead_letters.c.id.in_(list(ids)))
+        elif status is not None:
+            query = query.where(dead_letters.c.status == status)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
+        """Mark a dead letter as delivered by a replay."""
+        with self.transaction() as connection:
+            connection.execute(update(dead_letters).where(dead_letters.c.id == dead_letter_id)
+                               .values(status="replayed", replayed_at=now()))
+
+    def purge_dead_letter(self, dead_letter_id: int) -> str | None:
+        """Remove a dead letter; returns its sha256 (so the caller can drop unreferenced raw files)."""
+        with self.transaction() as connection:
+            row = connection.execute(select(dead_letters.c.sha256).where(dead_letters.c.id == dead_letter_id)).first()
+            if row is None:
+                return None
+            connection.execute(delete(dead_letters).where(dead_letters.c.id == dead_letter_id))
+            return str(row.sha256)
+
+    # -- quarantine --------------------------------------------------------------------------
+    def add_quarantined(self, *, source: str, uidl: str, verdicts: list[dict[str, Any]], sha256: str,
+                        size: int, subject: str | None) -> int:
+        """List a quarantined message; its raw bytes are already in the message store."""
+        with self.transaction() as connection:
+            result = connection.execute(insert(quarantine).values(
+                source=source, uidl=uidl, verdicts=json.loads(json.dumps(verdicts)), sha256=sha256,
+                size=size, subject=subject, created_at=now(), status="held"))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def quarantined(self, ids: Iterable[int] | None = None, status: str | None = "held") -> list[dict[str, Any]]:
+        """Quarantine entries, oldest first."""
+        query = select(quarantine).order_by(quarantine.c.id)
+        if ids is not None:
+            query = query.where(quarantine.c.id.in_(list(ids)))
+        elif status is not None:
+            query = query.where(quarantine.c.status == status)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def mark_released(self, quarantine_id: int) -> None:
+        """Mark a quarantine entry as released and delivered."""
+        with self.transaction() as connection:
+            connection.execute(update(quarantine).where(quarantine.c.id == quarantine_id)
+                               .values(status="released", released_at=now()))
+
+    def purge_quarantined(self, quarantine_id: int) -> str | None:
+        """Remove a quarantine entry; returns its sha256."""
+        with self.transaction() as connection:
+            row = connection.execute(select(quarantine.c.sha256).where(quarantine.c.id == quarantine_id)).first()
+            if row is None:
+                return None
+            connection.execute(delete(quarantine).where(quarantine.c.id == quarantine_id))
+            return str(row.sha256)
+
+    def sha256_referenced(self, sha256: str) -> bool:
+        """Whether any dead letter or quarantine entry still needs these raw bytes."""
+        with self.engine.connect() as connection:
+            for table in (dead_letters, quarantine):
+                if connection.execute(select(table.c.id).where(table.c.sha256 == sha256).limit(1)).first():
+                    return True
+        return False
+
+    # -- runs ---------------------------------------------------------------------------------
+    def start_run(self, source: str) -> int:
+        """Record the start of one poll of a source."""
+        with self.transaction() as connection:
+            result = connection.execute(insert(runs).values(source=source, started_at=now(), status="running"))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
+        """Record how a poll ended."""
+        with self.transaction() as connection:
+            connection.execute(update(runs).where(runs.c.id == run_id).values(
+                finished_at=now(), status=status, counts=counts, error=error))

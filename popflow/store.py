@@ -1,0 +1,81 @@
+"""Raw bytes of dead letters and quarantined messages, kept under ``data_dir``.
+
+Files are named by their SHA-256, so a message dead-lettered for two sinks is stored once. Each is
+written to a temporary name, fsynced and renamed, so a crash never leaves a partial file under its
+final name; leftovers from a crash are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from popflow.raw import RawMessage
+
+
+class MessageStore:
+    """Raw messages by SHA-256 under one folder (``data_dir/messages``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the raw bytes with this SHA-256 live."""
+        return self.root / sha256[:2] / f"{sha256}.eml"
+
+    def put(self, raw: RawMessage, details: dict[str, Any] | None = None) -> Path:
+        """Store raw bytes (once per SHA-256) and an optional JSON sidecar; returns the path."""
+        final = self.path_for(raw.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.exists():
+            temporary = final.with_suffix(f".tmp-{os.getpid()}")
+            with open(temporary, "wb") as handle:
+                for chunk in raw.iter_chunks():
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        if details is not None:
+            sidecar = final.with_suffix(".json")
+            sidecar.write_text(json.dumps(details, indent=2, default=str), encoding="utf-8")
+        return final
+
+    def get(self, sha256: str) -> RawMessage:
+        """The stored raw bytes (spooled from the file, not loaded)."""
+        path = self.path_for(sha256)
+        return RawMessage(path=path)
+
+    def read(self, sha256: str) -> bytes:
+        """The stored raw bytes, loaded."""
+        return self.path_for(sha256).read_bytes()
+
+    def remove(self, sha256: str) -> None:
+        """Delete stored bytes and sidecar."""
+        path = self.path_for(sha256)
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+
+    def clean_partial(self, older_than: float = 3600) -> int:
+        """Remove temporary files left by a crash; returns how many."""
+        removed = 0
+        if not self.root.exists():
+            return 0
+        cutoff = time.time() - older_than
+        for path in self.root.glob("*/*.tmp-*"):
+            if path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def clean_spool(spool_dir: Path) -> int:
+    """Remove spool files of messages that were being received when popflow stopped."""
+    removed = 0
+    if spool_dir.exists():
+        for path in spool_dir.glob("spool-*"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
