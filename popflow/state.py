@@ -230,6 +230,19 @@ class StateStore:
             )
             return {row.sink for row in rows}
 
+    def deliveries_pending(self, source: str, uidls: Iterable[str]) -> dict[str, set[str]]:
+        """For messages not yet handled: the sinks that already committed them (by UIDL)."""
+        wanted = list(uidls)
+        found: dict[str, set[str]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                rows = connection.execute(
+                    select(deliveries.c.uidl, deliveries.c.sink).where(
+                        deliveries.c.source == source, deliveries.c.uidl.in_(wanted[start:start + 500])))
+                for row in rows:
+                    found.setdefault(row.uidl, set()).add(row.sink)
+        return found
+
     def _upsert_ledger(self, connection: Connection, source: str, uidl: str, values: dict[str, Any]) -> None:
         values = {key: value for key, value in values.items() if value is not None or key == "reason"}
         updated = connection.execute(

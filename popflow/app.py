@@ -1,0 +1,134 @@
+"""An assembled popflow: config, plugins, state, sources and sinks — what every command starts from."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from popflow.config import Config, validate_component
+from popflow.context import RuntimeContext
+from popflow.delivery import Deliverer, SinkRunner
+from popflow.errors import ConfigError
+from popflow.pipeline import Pipeline
+from popflow.plugins import PopflowPluginManager, make_plugin_manager
+from popflow.poller import Poller, PollReport, ProgressCallback
+from popflow.sinks.base import Sink
+from popflow.sources.base import Source
+from popflow.state import StateStore
+from popflow.store import MessageStore, clean_spool
+
+log = logging.getLogger(__name__)
+
+
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path in a URL relative to the config file's folder."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(f"not a database URL: {exc}", path="state") from None
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" \
+            and not Path(database).is_absolute():
+        return parsed.set(database=str(base_dir / database)).render_as_string(hide_password=False)
+    return url
+
+
+class App:
+    """Config + plugin manager + state store; builds sources, sinks and pollers on demand."""
+
+    def __init__(self, config: Config, *, plugins_dirs: Iterable[Path] = (), extra_plugins: Iterable[object] = (),
+                 pm: PopflowPluginManager | None = None) -> None:
+        self.config = config
+        self.file = str(config.source_file) if config.source_file else None
+        base_dir = config.source_file.parent if config.source_file else Path.cwd()
+        dirs = [config.resolve_path(path) for path in config.plugins_dir] + [Path(p) for p in plugins_dirs]
+        self.pm = pm or make_plugin_manager(plugins_dirs=dirs, extra_plugins=extra_plugins)
+        self.context = RuntimeContext(data_dir=config.resolve_path(config.data_dir), base_dir=base_dir)
+        self.source_configs = self._validate("sources", config.sources, self.pm.registry.source_type, "pop3")
+        self.sink_configs = self._validate("sinks", config.sinks, self.pm.registry.sink_type, None)
+        self._state: StateStore | None = None
+        self.store = MessageStore(self.context.data_dir / "messages")
+        self.pm.hook.popflow_startup(config=config)
+
+    def _validate(self, kind: str, entries: dict[str, dict[str, Any]], lookup: Any,
+                  default_type: str | None) -> dict[str, tuple[type, Any]]:
+        validated = {}
+        for name, options in entries.items():
+            type_name = options.get("type", default_type)
+            if type_name is None:
+                raise ConfigError("missing 'type'", file=self.file, path=f"{kind}.{name}")
+            try:
+                cls = lookup(type_name)
+            except ConfigError as exc:
+                raise ConfigError(exc.problem, file=self.file, path=f"{kind}.{name}.type") from None
+            validated[name] = (cls, validate_component(cls.config_model, options, kind=kind, name=name,
+                                                       file=self.file))
+        return validated
+
+    @property
+    def state(self) -> StateStore:
+        """The state store, opened on first use."""
+        if self._state is None:
+            url = resolve_sqlite_url(self.config.state, self.context.base_dir)
+            self._state = StateStore(url)
+        return self._state
+
+    def prepare_data_dir(self) -> None:
+        """Create ``data_dir`` and clean what a crash may have left (spool files, partial writes)."""
+        self.context.data_dir.mkdir(parents=True, exist_ok=True)
+        removed = clean_spool(self.context.spool_dir) + self.store.clean_partial(older_than=0)
+        if removed:
+            log.info("removed %d leftover spool/partial file(s) from an earlier run", removed)
+
+    # -- building blocks ------------------------------------------------------------------------
+    def source(self, name: str) -> Source:
+        """A new instance of the named source."""
+        if name not in self.source_configs:
+            known = ", ".join(sorted(self.source_configs)) or "none"
+            raise ConfigError(f"no source named {name!r} (known: {known})")
+        cls, options = self.source_configs[name]
+        source: Source = cls(name, options, self.context)
+        return source
+
+    def sink(self, name: str) -> Sink:
+        """A new, unopened instance of the named sink."""
+        cls, options = self.sink_configs[name]
+        sink: Sink = cls(name, options, self.context)
+        return sink
+
+    def sink_runners(self) -> dict[str, SinkRunner]:
+        """Fresh sink instances for one poll (each poll owns its own, so sources can run in parallel)."""
+        return {name: SinkRunner(name, self.sink(name), options) for name, (_, options) in self.sink_configs.items()}
+
+    def pipeline(self) -> Pipeline:
+        """The pre-delivery stages, wired to this app's state and message store."""
+        return Pipeline(self.pm, self.state, self.store, set(self.sink_configs))
+
+    def poller(self, name: str) -> Poller:
+        """A poller for one poll of the named source."""
+        runners = self.sink_runners()
+        pipeline = self.pipeline()
+        deliverer = Deliverer(runners, pipeline, self.pm, self.context.stop)
+        return Poller(self.source(name), runners, pipeline, self.state, deliverer, self.config.batch_size)
+
+    def poll(self, name: str, progress: ProgressCallback | None = None) -> PollReport:
+        """Poll one source once."""
+        report = self.poller(name).poll(progress)
+        log.info(report.line())
+        return report
+
+    def enabled_sources(self) -> list[str]:
+        """Names of the sources that are not disabled."""
+        return [name for name, (_, options) in self.source_configs.items() if options.enabled]
+
+    def close(self) -> None:
+        """Tell plugins we stop; release the state store."""
+        try:
+            self.pm.hook.popflow_shutdown()
+        finally:
+            if self._state is not None:
+                self._state.close()

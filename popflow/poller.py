@@ -1,0 +1,225 @@
+"""One poll of one source: list, decide, retrieve, run the pipeline, deliver, record, DELE, QUIT.
+
+The order of work makes a crash at any point safe (see :mod:`popflow.state`): nothing is deleted
+from the server before every routed sink has committed it (or it was dropped, quarantined or
+dead-lettered) and the ledger has recorded it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from popflow.delivery import Deliverer, Item, SinkRunner
+from popflow.errors import DeliveryError, PopflowError, SourceFatalError
+from popflow.outcome import Outcome, PollCounts
+from popflow.pipeline import Pipeline, describe_error
+from popflow.raw import RawMessage
+from popflow.sources.base import Listing, Source, SourceSession
+from popflow.state import HANDLED_STATES, HandledMessage, StateStore, now
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (messages done, messages to do) as a poll advances."""
+
+
+@dataclass
+class PollReport:
+    """What one poll of one source did."""
+
+    source: str
+    counts: PollCounts = field(default_factory=PollCounts)
+    error: str | None = None
+    stopped: bool = False
+
+    @property
+    def clean(self) -> bool:
+        """True when the poll succeeded and no delivery was deferred, failed or dead-lettered."""
+        return self.error is None and self.counts.clean
+
+    def line(self) -> str:
+        """One log line summarising the poll."""
+        c = self.counts
+        text = (f"poll {self.source}: fetched={c.fetched} delivered={c.delivered} skipped={c.skipped} "
+                f"dropped={c.dropped} quarantined={c.quarantined} dead_letters={c.dead_letters} "
+                f"deferred={c.deferred} deleted={c.deleted} defects={c.defects} errors={c.errors} "
+                f"in {c.seconds:.2f}s")
+        if self.error:
+            text += f" — failed: {self.error}"
+        if self.stopped:
+            text += " (stopped early)"
+        return text
+
+
+@dataclass
+class Plan:
+    """What a poll will do with the messages the server listed."""
+
+    fetch: list[Listing] = field(default_factory=list)
+    delete_known: list[Listing] = field(default_factory=list)
+    skipped: list[Listing] = field(default_factory=list)
+    seen: int = 0
+
+
+class Poller:
+    """Runs one poll of one source."""
+
+    def __init__(self, source: Source, runners: dict[str, SinkRunner], pipeline: Pipeline, state: StateStore,
+                 deliverer: Deliverer, batch_size: int = 100) -> None:
+        self.source = source
+        self.settings = source.config
+        self.runners = runners
+        self.pipeline = pipeline
+        self.state = state
+        self.deliverer = deliverer
+        self.batch_size = batch_size
+        self.stop = source.context.stop
+
+    def plan(self, listings: Sequence[Listing]) -> Plan:
+        """Split the listing into: fetch, delete without fetching (already handled), skip."""
+        ledger = self.state.ledger_for(self.source.name)
+        plan = Plan()
+        keep = self.settings.keep_on_server
+        cutoff = now() - timedelta(seconds=self.settings.delete_after) if self.settings.delete_after else None
+        for listing in listings:
+            row = ledger.get(listing.uidl)
+            if row is not None and row.state in HANDLED_STATES:
+                if not keep:
+                    plan.delete_known.append(listing)  # handled before a crash or a failed QUIT
+                elif cutoff is not None and row.handled_at is not None and row.handled_at < cutoff:
+                    plan.delete_known.append(listing)
+                else:
+                    plan.seen += 1
+                continue
+            if self.settings.max_size and listing.size > self.settings.max_size:
+                plan.skipped.append(listing)
+                continue
+            plan.fetch.append(listing)
+        if self.settings.max_messages:
+            plan.fetch = plan.fetch[: self.settings.max_messages]
+        return plan
+
+    def poll(self, progress: ProgressCallback | None = None) -> PollReport:
+        """Poll once. Never raises for mail or server problems: they are in the report."""
+        report = PollReport(self.source.name)
+        counts = report.counts
+        started = time.monotonic()
+        run_id = self.state.start_run(self.source.name)
+        session: SourceSession | None = None
+        to_quit: list[str] = []
+        try:
+            session = self.source.connect()
+            plan = self.plan(session.list_messages())
+            self._record_skipped(plan.skipped)
+            counts.skipped = len(plan.skipped)
+            if plan.delete_known:
+                failed = session.delete(plan.delete_known) or []
+                to_quit += [item.uidl for item in plan.delete_known if item not in failed]
+            done = 0
+            for start in range(0, len(plan.fetch), self.batch_size):
+                if self.stop.is_set():
+                    report.stopped = True
+                    break
+                batch = plan.fetch[start:start + self.batch_size]
+                to_quit += self._run_batch(session, batch, counts)
+                done += len(batch)
+                if progress:
+                    progress(done, len(plan.fetch))
+            session.close(commit=True)  # QUIT: the server expunges what was deleted
+            session = None
+            if to_quit:
+                self.state.record_deleted(self.source.name, to_quit)
+            counts.deleted = len(to_quit)
+        except SourceFatalError as exc:
+            report.error = describe_error(exc)
+            counts.errors += 1
+        except PopflowError as exc:
+            report.error = describe_error(exc)
+            counts.errors += 1
+        except Exception as exc:  # a bug or an unforeseen failure: report it, keep the daemon alive
+            log.exception("poll of %s failed unexpectedly", self.source.name)
+            report.error = describe_error(exc)
+            counts.errors += 1
+        finally:
+            if session is not None:
+                try:
+                    session.close(commit=False)
+                except Exception as exc:
+                    log.debug("closing the session of %s: %s", self.source.name, exc)
+            for runner in self.runners.values():
+                runner.close()
+            counts.seconds = time.monotonic() - started
+            status = "ok" if report.clean else ("failed" if report.error else "partial")
+            self.state.finish_run(run_id, status, counts.as_dict(), report.error)
+        return report
+
+    def _record_skipped(self, skipped: list[Listing]) -> None:
+        for listing in skipped:
+            reason = f"larger than max_size ({listing.size} > {self.settings.max_size} bytes)"
+            log.info("skipping %s/%s: %s; left on the server", self.source.name, listing.uidl, reason)
+            self.state.record_state(self.source.name, listing.uidl, "skipped", reason, size=listing.size)
+
+    def _run_batch(self, session: SourceSession, batch: list[Listing], counts: PollCounts) -> list[str]:
+        """Retrieve, process and deliver one batch; record it; DELE what was handled. Returns DELE'd UIDLs."""
+        outcomes: list[tuple[Listing, Outcome]] = []
+        items: list[tuple[Listing, Item]] = []
+        raws: list[RawMessage] = []
+        try:
+            for listing, fetched in session.retrieve_many(batch):
+                if isinstance(fetched, DeliveryError):
+                    counts.errors += 1
+                    log.warning("%s/%s could not be retrieved, left on the server: %s", self.source.name,
+                                listing.uidl, describe_error(fetched))
+                    continue
+                counts.fetched += 1
+                raws.append(fetched)
+                prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
+                if isinstance(prepared, Outcome):
+                    outcomes.append((listing, prepared))
+                else:
+                    items.append((listing, Item(listing.uidl, fetched, prepared.message, prepared.sinks)))
+                if self.stop.is_set():
+                    break  # finish what was retrieved so far, then QUIT
+            already = self.state.deliveries_pending(self.source.name, [item.uidl for _, item in items])
+            self.deliverer.deliver_batch([item for _, item in items], already)
+            outcomes += [(listing, item.outcome()) for listing, item in items]
+            return self._record_and_delete(session, outcomes, counts)
+        finally:
+            for raw in raws:
+                raw.discard()
+
+    def _record_and_delete(self, session: SourceSession, outcomes: list[tuple[Listing, Outcome]],
+                           counts: PollCounts) -> list[str]:
+        handled: list[HandledMessage] = []
+        delivered: list[tuple[str, str, str]] = []
+        partial: list[tuple[str, str, str]] = []
+        to_delete: list[Listing] = []
+        for listing, outcome in outcomes:
+            counts.add(outcome)
+            message = outcome.message
+            triples = [(self.source.name, listing.uidl, sink) for sink in outcome.delivered]
+            if outcome.handled:
+                handled.append(HandledMessage(
+                    self.source.name, listing.uidl, outcome.kind, size=listing.size,
+                    sha256=message.sha256 if message else "",
+                    message_id=message.message_id if message else None, reason=outcome.reason or None))
+                delivered += triples
+                to_delete.append(listing)
+            else:
+                partial += triples
+                log.warning("%s/%s deferred, left on the server: %s", self.source.name, listing.uidl,
+                            outcome.reason)
+        if partial:
+            self.state.record_deliveries(partial)
+        if handled:
+            self.state.record_handled(handled, delivered)
+        if self.settings.keep_on_server or not to_delete:
+            return []
+        failed = session.delete(to_delete) or []
+        if failed:
+            counts.errors += len(failed)
+        return [listing.uidl for listing in to_delete if listing not in failed]
