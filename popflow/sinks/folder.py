@@ -1,0 +1,347 @@
+"""The ``folder`` sink: raw messages into a Maildir, or ``.eml`` files with JSON beside them.
+
+``layout: maildir`` follows the Maildir protocol: write to ``tmp/``, fsync, rename into ``new/``.
+A file in ``new/`` is therefore always complete; a crash leaves at most a stray file in ``tmp/``,
+which :meth:`FolderSink.open` removes once it is 36 hours old (the Maildir convention).
+
+``layout: eml`` writes ``<path>/<source>/<yyyy>/<mm>/<id>.eml``, the attachments under ``<id>/``
+(``attachments: true``) and ``<id>.json`` last: the JSON file marks a complete delivery, so an
+interrupted attempt is simply redone on retry. Every file goes through a temp file, fsync and
+``os.replace``, so no visible file is ever partial.
+
+Both layouts name files after a hash of ``(source, uidl)``, which makes them idempotent: writing a
+message the folder already holds changes nothing. Directory fsyncs are deferred to
+:meth:`FolderSink.commit` (group commit); ``group_commit: true`` also defers the Maildir file
+fsyncs, keeping a batch in ``tmp/`` until ``commit()`` syncs it and moves it into ``new/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from popflow.config import SinkSettings
+from popflow.context import RuntimeContext
+from popflow.errors import RetryableError
+from popflow.hookspecs import hookimpl
+from popflow.message import Message
+from popflow.safenames import safe_filename, unique_name
+from popflow.sinks.base import Sink
+
+STALE_TMP_SECONDS = 36 * 3600
+"""Files older than this in a Maildir's ``tmp/`` are leftovers of a crash (Maildir convention)."""
+
+MAILDIR_SUFFIX = ".popflow"
+_KEY_RE = re.compile(r"^([0-9a-f]{32})\.popflow(?:$|[:!;,])")
+_FILE_MODE = 0o600  # mail is private by default
+_DIR_MODE = 0o700
+_counter = itertools.count(1)
+
+
+class FolderConfig(SinkSettings):
+    """Options of ``type: folder``."""
+
+    path: Path
+    """The folder; a relative path is relative to the config file's folder."""
+    layout: Literal["maildir", "eml"] = "maildir"
+    attachments: bool = False
+    """``layout: eml`` only: also save each attachment under ``<id>/``."""
+    fsync: bool = True
+    """Flush files and folders to disk; turn off only for scratch folders."""
+    group_commit: bool = False
+    """``layout: maildir`` only: fsync and publish a batch at ``commit()`` instead of every write."""
+
+    @model_validator(mode="after")
+    def _eml_only_options(self) -> FolderConfig:
+        if self.layout != "eml" and self.attachments:
+            raise ValueError("'attachments: true' needs 'layout: eml'")
+        if self.layout != "maildir" and self.group_commit:
+            raise ValueError("'group_commit: true' needs 'layout: maildir'")
+        return self
+
+
+def delivery_key(source: str, uidl: str, sha256: str = "") -> str:
+    """32 hex characters naming a message's files, derived from ``(source, uidl)``.
+
+    A message without a UIDL falls back to its content hash, so two such messages never collapse
+    into one file.
+    """
+    identity = f"{source}\0{uidl}" if uidl else f"{source}\0sha256:{sha256}"
+    return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class FolderSink(Sink):
+    """Deliver messages into a folder (``layout: maildir`` or ``layout: eml``)."""
+
+    config_model = FolderConfig
+    config: FolderConfig
+
+    def __init__(self, name: str, config: FolderConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.root = context.resolve(config.path)
+        self._opened = False
+        self._known: set[str] = set()  # maildir: keys already in new/ or cur/
+        self._pending: list[tuple[Path, Path, str]] = []  # group commit: (tmp, final, key)
+        self._dirty_dirs: set[Path] = set()  # directories to fsync at commit()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        """Create the folder (and ``cur/ new/ tmp/``), clean stale temp files, index the Maildir."""
+        if self._opened:
+            return
+        if self.config.layout == "maildir":
+            for sub in ("tmp", "new", "cur"):
+                self._makedirs(self.root / sub)
+            self._clean_stale_tmp()
+            self._known = set(self._scan_keys())
+        else:
+            self._makedirs(self.root)
+        self._opened = True
+
+    def write(self, message: Message) -> None:
+        """Store one message; a message the folder already holds is left as it is."""
+        self.open()
+        if self.config.layout == "maildir":
+            self._write_maildir(message)
+        else:
+            self._write_eml(message)
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable (and, with group commit, visible)."""
+        pending, self._pending = self._pending, []
+        try:
+            for tmp, final, _key in pending:
+                self._sync_file(tmp)
+                with self._os_errors("move into new/", final):
+                    os.rename(tmp, final)
+            if pending:
+                self._dirty_dirs.update({self.root / "tmp", self.root / "new"})
+            # Deepest first is not needed: every sync finishes before commit() returns.
+            for directory in sorted(self._dirty_dirs, key=lambda p: len(p.parts), reverse=True):
+                self._sync_dir(directory)
+        except BaseException:
+            # Whatever was not published stays pending so rollback() can clean it up.
+            self._pending = [item for item in pending if item[0].exists()] + self._pending
+            raise
+        self._dirty_dirs.clear()
+
+    def rollback(self) -> None:
+        """Drop unpublished group-commit writes; files already in ``new/`` are complete and stay."""
+        pending, self._pending = self._pending, []
+        for tmp, _final, key in pending:
+            self._known.discard(key)
+            tmp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Forget the index; writes never committed are rolled back."""
+        self.rollback()
+        self._opened = False
+        self._known.clear()
+
+    def check(self) -> str:
+        """Create the folder and prove it is writable; say what it holds."""
+        self.open()
+        try:
+            probe_dir = self.root / "tmp" if self.config.layout == "maildir" else self.root
+            probe = probe_dir / f".popflow-check.{os.getpid()}.{next(_counter)}"
+            self._write_file(probe, [b"ok\n"], sync=False, in_place=True)
+            probe.unlink()
+            if self.config.layout == "maildir":
+                return f"writable maildir {self.root}, {len(self._known)} messages from popflow"
+            return f"writable folder {self.root}"
+        finally:
+            self.close()
+
+    def describe(self) -> str:
+        """E.g. ``folder maildir ./mail``."""
+        extra = " +attachments" if self.config.attachments else ""
+        return f"folder {self.config.layout} {self.config.path}{extra}"
+
+    # -- maildir -------------------------------------------------------------------------------
+    def _write_maildir(self, message: Message) -> None:
+        key = delivery_key(message.source, message.uidl, message.sha256)
+        if key in self._known:
+            return
+        final = self.root / "new" / f"{key}{MAILDIR_SUFFIX}"
+        # Unique in tmp/ even across processes and retries: time, pid, counter (Maildir style).
+        tmp = self.root / "tmp" / f"{time.time_ns()}.P{os.getpid()}Q{next(_counter)}.{key}"
+        deferred = self.config.group_commit
+        self._write_file(tmp, message.raw.iter_chunks(), sync=not deferred, in_place=True)
+        self._known.add(key)
+        if deferred:
+            self._pending.append((tmp, final, key))
+            return
+        try:
+            with self._os_errors("move into new/", final):
+                os.rename(tmp, final)
+        except RetryableError:
+            self._known.discard(key)
+            tmp.unlink(missing_ok=True)
+            raise
+        self._dirty_dirs.add(self.root / "new")
+
+    def _scan_keys(self) -> Iterator[str]:
+        """Keys of popflow's files in new/ and cur/ (a MUA may have moved one and added flags)."""
+        for sub in ("new", "cur"):
+            with self._os_errors("list", self.root / sub), os.scandir(self.root / sub) as entries:
+                for entry in entries:
+                    if found := _KEY_RE.match(entry.name):
+                        yield found.group(1)
+
+    def _clean_stale_tmp(self) -> None:
+        cutoff = time.time() - STALE_TMP_SECONDS
+        with self._os_errors("list", self.root / "tmp"), os.scandir(self.root / "tmp") as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except FileNotFoundError:  # another process cleaned it first
+                    continue
+
+    # -- eml -------------------------------------------------------------------------------
+    def _write_eml(self, message: Message) -> None:
+        key = delivery_key(message.source, message.uidl, message.sha256)
+        source_dir = self.root / safe_filename(message.source, fallback="source")
+        if message.date is not None:
+            when = message.date.astimezone(UTC) if message.date.tzinfo else message.date
+            month_dir = source_dir / f"{when.year:04d}" / f"{when.month:02d}"
+            if (month_dir / f"{key}.json").exists():
+                return
+        else:
+            # The folder follows the delivery time, which differs on a redelivery: look everywhere.
+            if any(self._month_dirs_holding(source_dir, f"{key}.json")):
+                return
+            now = datetime.now(UTC)
+            month_dir = source_dir / f"{now.year:04d}" / f"{now.month:02d}"
+        self._makedirs(month_dir)
+        self._write_file(month_dir / f"{key}.eml", message.raw.iter_chunks())
+        message.load_body()
+        saved: dict[int, str] = {}
+        if self.config.attachments and message.attachments:
+            saved = self._save_attachments(message, month_dir / key)
+            self._sync_dir(month_dir / key)
+        # The .json marks the delivery complete, so what it points at must be on disk first.
+        self._sync_dir(month_dir)
+        record = self._json_record(message, key, saved)
+        self._write_file(month_dir / f"{key}.json", [record])
+        self._dirty_dirs.add(month_dir)
+
+    def _save_attachments(self, message: Message, folder: Path) -> dict[int, str]:
+        """Save each attachment under a safe, unique name; returns index → path relative to root."""
+        self._makedirs(folder)
+        taken: set[str] = set()
+        saved = {}
+        for index, attachment in enumerate(message.attachments):
+            # The parser already made the name safe; a plugin may have changed it since.
+            name = unique_name(safe_filename(attachment.filename, fallback=f"attachment-{index + 1}"), taken)
+            self._write_file(folder / name, [attachment.content()])
+            saved[index] = f"{folder.name}/{name}"
+        return saved
+
+    def _json_record(self, message: Message, key: str, saved: dict[int, str]) -> bytes:
+        data: dict[str, Any] = message.model_dump(mode="json", fallback=repr)
+        data["tags"] = sorted(message.tags)
+        for index, path in saved.items():
+            data["attachments"][index]["saved_as"] = path
+        data["popflow"] = {"id": key, "eml": f"{key}.eml", "delivered_at": datetime.now(UTC).isoformat()}
+        return json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+
+    @staticmethod
+    def _month_dirs_holding(source_dir: Path, name: str) -> Iterator[Path]:
+        for month_dir in source_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]"):
+            if (month_dir / name).exists():
+                yield month_dir
+
+    # -- files ------------------------------------------------------------------------------
+    def _write_file(self, final: Path, chunks: Iterable[bytes], *, sync: bool = True, in_place: bool = False) -> None:
+        """Write ``final`` whole or not at all: temp file beside it, fsync, ``os.replace``.
+
+        ``in_place`` writes ``final`` directly: for a Maildir's tmp/ file, never visible to a MUA.
+        """
+        temp = final if in_place else final.with_name(f".{final.name}.popflow-tmp")
+        try:
+            with self._os_errors("write", final):
+                # O_TRUNC: a temp file left by a crashed attempt is reused, not appended to.
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+                with os.fdopen(fd, "wb") as handle:
+                    for chunk in chunks:
+                        handle.write(chunk)
+                    handle.flush()
+                    if sync and self.config.fsync:
+                        os.fsync(handle.fileno())
+                if not in_place:
+                    os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def _sync_file(self, path: Path) -> None:
+        if not self.config.fsync:
+            return
+        with self._os_errors("sync", path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_dir(self, path: Path) -> None:
+        """Flush a directory's entries (renames and new files) to disk."""
+        if not self.config.fsync:
+            return
+        with self._os_errors("sync", path):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems can't
+                    raise
+            finally:
+                os.close(fd)
+
+    def _makedirs(self, path: Path) -> None:
+        """``mkdir -p``, remembering each new directory's parent for the fsync at commit()."""
+        if path.is_dir():
+            return
+        missing = []
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        if not missing:
+            raise RetryableError(f"folder sink {self.name!r}: cannot create folder {path}: not a directory")
+        for directory in reversed(missing):
+            with self._os_errors("create folder", directory):
+                try:
+                    directory.mkdir(mode=_DIR_MODE)
+                except FileExistsError:
+                    if not directory.is_dir():
+                        raise
+            self._dirty_dirs.add(directory.parent)
+
+    @contextmanager
+    def _os_errors(self, action: str, path: Path) -> Iterator[None]:
+        """Turn an OSError (full disk, permissions, ...) into a RetryableError naming the path."""
+        try:
+            yield
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise RetryableError(f"folder sink {self.name!r}: cannot {action} {path}: {reason}") from exc
+
+
+@hookimpl
+def popflow_register_sinks(register: Any) -> None:
+    """Register the ``folder`` sink type."""
+    register("folder", FolderSink)
