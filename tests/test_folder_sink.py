@@ -182,6 +182,32 @@ def test_group_commit_rollback_forgets_the_batch(tmp_path: Path) -> None:
     assert len(list((root / "new").iterdir())) == 1
 
 
+def test_group_commit_failure_then_rollback_then_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = make_sink(tmp_path, group_commit=True)
+    sink.write(make_message(uidl="U1"))
+    sink.write(make_message(uidl="U2"))
+    real_rename = os.rename
+    calls: list[str] = []
+
+    def rename_fails_second_time(src: Any, dst: Any) -> None:
+        calls.append(str(dst))
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(folder_module.os, "rename", rename_fails_second_time)
+    with pytest.raises(RetryableError, match="Permission denied"):
+        sink.commit()
+    root = tmp_path / "mail"
+    assert len(list((root / "new").iterdir())) == 1  # the first one made it, complete
+    sink.rollback()
+    assert list((root / "tmp").iterdir()) == []
+    for uidl in ("U1", "U2"):  # what the framework's one-by-one retry does
+        sink.write(make_message(uidl=uidl))
+        sink.commit()
+    assert sorted(p.read_bytes() for p in (root / "new").iterdir()) == [RAW, RAW]
+
+
 def test_failed_write_leaves_nothing_visible(tmp_path: Path) -> None:
     def broken_chunks() -> Any:
         yield b"From: a@example.com\r\n"
@@ -284,6 +310,13 @@ def test_eml_completes_an_interrupted_attempt(tmp_path: Path) -> None:
     assert (month / f"{key}.eml").read_bytes() == RAW
     assert json.loads((month / f"{key}.json").read_text())["uidl"] == "UID1"
     assert sorted(p.name for p in month.iterdir()) == [f"{key}.eml", f"{key}.json"]
+
+
+def test_eml_date_at_the_edge_of_the_calendar(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, layout="eml")
+    sink.write(make_message(date=datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=2)))))
+    sink.commit()
+    assert len(files_under(tmp_path / "mail" / "support" / "0001" / "01")) == 2
 
 
 def test_eml_source_name_is_made_safe(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ class FolderSink(Sink):
         key = delivery_key(message.source, message.uidl, message.sha256)
         source_dir = self.root / safe_filename(message.source, fallback="source")
         if message.date is not None:
-            when = message.date.astimezone(UTC) if message.date.tzinfo else message.date
+            when = _utc(message.date)
             month_dir = source_dir / f"{when.year:04d}" / f"{when.month:02d}"
             if (month_dir / f"{key}.json").exists():
                 return
@@ -339,6 +339,16 @@ class FolderSink(Sink):
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise RetryableError(f"folder sink {self.name!r}: cannot {action} {path}: {reason}") from exc
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive one, or one at the edge of the calendar, as it is."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. year 1 with a positive offset: real mail has such dates
+        return moment
 
 
 @hookimpl
