@@ -1,0 +1,169 @@
+"""The ``popflow`` command line. Thin: it parses options, builds an :class:`~popflow.app.App`, prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from popflow import __version__
+from popflow.app import App
+from popflow.config import DEFAULT_CONFIG_NAME, load_config
+from popflow.errors import ConfigError, PluginLoadError
+from popflow.logs import setup_logging
+from popflow.poller import PollReport
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Print an error without a traceback and exit."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    sys.exit(status)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn config and plugin errors into a readable message and exit status 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        fail(click.style(exc.describe(), bold=False))
+    except PluginLoadError as exc:
+        fail(str(exc))
+
+
+def config_option(func: F) -> F:
+    """``-c FILE`` (default ``$POPFLOW_CONFIG``, then ``./popflow.yaml``)."""
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help=f"config file (default: $POPFLOW_CONFIG or ./{DEFAULT_CONFIG_NAME})")(func)
+
+
+def load_app(ctx: click.Context, config_path: Path | None) -> App:
+    """Load the config and plugins; exit 2 with a readable message on any problem."""
+    with user_errors():
+        config = load_config(config_path)
+        setup_logging(ctx.obj.get("log_level") or config.log_level)
+        app = App(config, plugins_dirs=ctx.obj.get("plugins_dirs", ()))
+    return app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="popflow")
+@click.option("--plugins-dir", "plugins_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="load every .py file in this folder as a plugin (repeatable)")
+@click.option("-v", "--verbose", count=True, help="more logging (-v info, -vv debug)")
+@click.option("-q", "--quiet", is_flag=True, help="only warnings and errors")
+@click.pass_context
+def main(ctx: click.Context, plugins_dirs: tuple[Path, ...], verbose: int, quiet: bool) -> None:
+    """popflow: turn POP3 mailboxes into data pipelines."""
+    ctx.ensure_object(dict)
+    ctx.obj["plugins_dirs"] = plugins_dirs
+    level = "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING" if quiet else None
+    ctx.obj["log_level"] = level
+    setup_logging(level or "INFO")
+
+
+# -- poll ----------------------------------------------------------------------------------------
+@main.command()
+@config_option
+@click.option("--source", "sources", multiple=True, help="poll only this source (repeatable)")
+@click.pass_context
+def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...]) -> None:
+    """Poll each source (or the named ones) once, then exit.
+
+    Exit status 0 only if every source polled cleanly.
+    """
+    app = load_app(ctx, config_path)
+    with user_errors():
+        names = list(sources) or app.enabled_sources()
+        for name in names:
+            app.source(name)  # unknown names are a usage error before any work
+    app.prepare_data_dir()
+    reports: list[PollReport] = []
+    try:
+        if console.is_terminal:
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=True) as progress:
+                for name in names:
+                    task = progress.add_task(name, total=None)
+                    reports.append(app.poll(name, lambda done, total, t=task: progress.update(t, completed=done,
+                                                                                                total=total)))
+        else:
+            reports = [app.poll(name) for name in names]
+    finally:
+        app.close()
+    print_summary(reports)
+    sys.exit(0 if all(report.clean for report in reports) else 1)
+
+
+def print_summary(reports: list[PollReport]) -> None:
+    """The per-source summary table."""
+    table = Table(title="popflow poll")
+    columns = ["source", "fetched", "delivered", "skipped", "dropped", "quarantined", "dead letters", "deferred",
+               "defects", "errors", "seconds"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for report in reports:
+        c = report.counts
+        table.add_row(report.source, str(c.fetched), str(c.delivered), str(c.skipped), str(c.dropped),
+                      str(c.quarantined), str(c.dead_letters), str(c.deferred), str(c.defects), str(c.errors),
+                      f"{c.seconds:.2f}")
+    console.print(table)
+    for report in reports:
+        if report.error:
+            console.print(f"[red]{report.source}: {report.error}[/]", highlight=False)
+
+
+# -- init ----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def init(file: Path | None) -> None:
+    """Write a commented starter config (default ./popflow.yaml); never overwrites."""
+    target = file or Path(DEFAULT_CONFIG_NAME)
+    if target.exists():
+        fail(f"{target} already exists; not overwriting it", status=1)
+    template = resources.files("popflow").joinpath("templates/popflow.yaml").read_text(encoding="utf-8")
+    target.write_text(template, encoding="utf-8")
+    os.chmod(target, 0o600)  # it will hold credentials
+    console.print(f"wrote {target}; edit it, then run `popflow check -c {target}`")
+
+
+# -- plugins ---------------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List every registered plugin (built-in and installed) and the hooks it implements."""
+    from popflow.plugins import describe_plugins, make_plugin_manager
+
+    with user_errors():
+        pm = make_plugin_manager(plugins_dirs=ctx.obj.get("plugins_dirs", ()))
+    rows = describe_plugins(pm)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="popflow plugins")
+    for column in ("name", "kind", "hooks"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], "built-in" if row["builtin"] else "installed", ", ".join(row["hooks"]))
+    console.print(table)
+    console.print(f"source types: {', '.join(sorted(pm.registry.sources))}; "
+                  f"sink types: {', '.join(sorted(pm.registry.sinks))}", highlight=False)
+
+
+# The other commands live in their own modules and register themselves on ``main``.
+from popflow import cli_check, cli_stored  # noqa: E402,F401

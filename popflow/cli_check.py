@@ -1,0 +1,140 @@
+"""``popflow check [--connect]``: validate, show what would run, optionally log in everywhere."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from popflow.app import App
+from popflow.cli import config_option, console, load_app, main
+from popflow.pipeline import describe_error
+
+STAGE_HOOKS = ("popflow_parse", "popflow_scan", "popflow_filter", "popflow_transform", "popflow_route")
+
+
+def _schedule(options: Any) -> str:
+    if options.cron:
+        return f"cron {options.cron}"
+    return f"every {options.interval:g}s"
+
+
+def _stage_plugins(app: App, hook: str) -> list[str]:
+    caller = getattr(app.pm.hook, hook)
+    return [impl.plugin_name for impl in reversed(caller.get_hookimpls())]
+
+
+def config_warnings(app: App) -> list[str]:
+    """Risky settings worth a warning: a world-readable file with a literal password, no TLS checks."""
+    warnings = []
+    path: Path | None = app.config.source_file
+    raw_sources = app.config.sources
+    if path is not None and path.exists():
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8", errors="replace")
+        literal = any(isinstance(opts.get("password"), str) and "password:" in text
+                      and "${" not in _raw_value(text, "password") for opts in raw_sources.values())
+        if literal and mode & (stat.S_IRGRP | stat.S_IROTH):
+            warnings.append(f"{path} holds a literal password and is readable by others "
+                            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+    for name, (_, options) in app.source_configs.items():
+        if getattr(options, "tls_verify", True) is False:
+            warnings.append(f"sources.{name}: tls_verify is off — the server's certificate is not checked")
+        if getattr(options, "tls", None) == "none":
+            warnings.append(f"sources.{name}: plaintext POP3 (tls: none)")
+    return warnings
+
+
+def _raw_value(text: str, key: str) -> str:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(f"{key}:"):
+            return stripped.split(":", 1)[1]
+    return ""
+
+
+@main.command()
+@config_option
+@click.option("--connect", is_flag=True, help="also log in to each source and open each sink")
+@click.pass_context
+def check(ctx: click.Context, config_path: Path | None, connect: bool) -> None:
+    """Validate the config and plugins and print what would run."""
+    app = load_app(ctx, config_path)
+    failures = 0
+    try:
+        console.print(f"config: {app.file}  [green]valid[/]", highlight=False)
+        console.print(f"state: {_safe_url(app.config.state)}   data_dir: {app.context.data_dir}", highlight=False)
+        sources = Table(title="sources")
+        for column in ("name", "type", "where", "schedule", "policy"):
+            sources.add_column(column)
+        for name, (_, options) in app.source_configs.items():
+            policy = "keep on server" if options.keep_on_server else "delete after delivery"
+            if not options.enabled:
+                policy += " (disabled)"
+            sources.add_row(name, options.type, app.source(name).describe(), _schedule(options), policy)
+        console.print(sources)
+        stages = Table(title="stages (in order)")
+        stages.add_column("stage")
+        stages.add_column("plugins (first asked first)")
+        for hook in STAGE_HOOKS:
+            stages.add_row(hook.removeprefix("popflow_"), ", ".join(_stage_plugins(app, hook)) or "-")
+        console.print(stages)
+        console.print(f"filters: {len(app.config.filters)} rule(s)   routes: "
+                      + "; ".join(f"{'match' if r.match else 'always'} → {', '.join(r.sinks)}"
+                                  + (" (stop)" if r.stop else "") for r in app.config.routes), highlight=False)
+        sinks = Table(title="sinks")
+        for column in ("name", "type", "what", "retries"):
+            sinks.add_column(column)
+        for name, (_, options) in app.sink_configs.items():
+            sinks.add_row(name, options.type, app.sink(name).describe(),
+                          f"{options.retries} retries, backoff {options.backoff:g}s")
+        console.print(sinks)
+        for warning in config_warnings(app):
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        if connect:
+            failures = _connect_all(app)
+    finally:
+        app.close()
+    ctx.exit(1 if failures else 0)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+def _connect_all(app: App) -> int:
+    """Log in to each source and open each sink; print ok/failed per item; return the failures."""
+    table = Table(title="connect")
+    for column in ("item", "result", "details"):
+        table.add_column(column)
+    failures = 0
+    for name in app.source_configs:
+        try:
+            session = app.source(name).connect()
+            try:
+                info = session.info
+                caps = " ".join(sorted(info.capabilities)) if info.capabilities else "-"
+                details = f"{info.message_count} message(s), {info.total_size} bytes; capabilities: {caps}"
+                details += "".join(f"; {note}" for note in info.notes)
+            finally:
+                session.close(commit=False)
+            table.add_row(f"source {name}", "[green]ok[/]", details)
+        except Exception as exc:
+            failures += 1
+            table.add_row(f"source {name}", "[red]failed[/]", describe_error(exc))
+    for name in app.sink_configs:
+        try:
+            table.add_row(f"sink {name}", "[green]ok[/]", app.sink(name).check())
+        except Exception as exc:
+            failures += 1
+            table.add_row(f"sink {name}", "[red]failed[/]", describe_error(exc))
+    console.print(table)
+    return failures

@@ -1,0 +1,165 @@
+"""``popflow dead-letters`` and ``popflow quarantine``: inspect, re-run and purge stored messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from popflow.app import App
+from popflow.cli import config_option, console, fail, load_app, main
+from popflow.replay import ReplayResult, purge, release_quarantined, replay_dead_letters
+
+
+def _rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[_cell(row.get(column)) for column in columns])
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)[:80]
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _show(app: App, rows: list[dict[str, Any]], entry_id: int) -> None:
+    if not rows:
+        fail(f"no entry #{entry_id}", status=1)
+    row = rows[0]
+    for key, value in row.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    path = app.store.path_for(row["sha256"])
+    console.print(f"[bold]raw[/]: {path} ({'present' if path.exists() else 'MISSING'})", highlight=False)
+
+
+def _print_results(results: list[ReplayResult]) -> None:
+    for result in results:
+        colour = "green" if result.ok else "red"
+        console.print(f"#{result.entry_id}: [{colour}]{'ok' if result.ok else 'failed'}[/] {result.detail}",
+                      highlight=False)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Messages whose delivery failed: list, show, replay, purge."""
+
+
+@dead_letters.command("list")
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="include replayed entries")
+@click.pass_context
+def dl_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> None:
+    """List pending dead letters."""
+    app = load_app(ctx, config_path)
+    rows = app.state.dead_letters(status=None if show_all else "pending")
+    console.print(_rows_table("dead letters", rows, ["id", "source", "uidl", "sink", "stage", "error", "attempts",
+                                                      "subject", "created_at", "status"]))
+    app.close()
+
+
+@dead_letters.command("show")
+@config_option
+@click.argument("entry_id", type=int)
+@click.pass_context
+def dl_show(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
+    """Show one dead letter and where its raw bytes are."""
+    app = load_app(ctx, config_path)
+    _show(app, app.state.dead_letters([entry_id], status=None), entry_id)
+    app.close()
+
+
+@dead_letters.command("replay")
+@config_option
+@click.argument("ids", nargs=-1, type=int)
+@click.pass_context
+def dl_replay(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]) -> None:
+    """Re-run routing and delivery (all pending dead letters when no ID is given)."""
+    app = load_app(ctx, config_path)
+    try:
+        results = replay_dead_letters(app, list(ids))
+    finally:
+        app.close()
+    _print_results(results)
+    console.print(f"replayed {sum(r.ok for r in results)} of {len(results)}")
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+@dead_letters.command("purge")
+@config_option
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.pass_context
+def dl_purge(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]) -> None:
+    """Delete dead letters and their stored bytes."""
+    app = load_app(ctx, config_path)
+    results = purge(app, "dead-letters", list(ids))
+    app.close()
+    _print_results(results)
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+@main.group("quarantine")
+def quarantine() -> None:
+    """Messages held by the virus scan: list, show, release, purge."""
+
+
+@quarantine.command("list")
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="include released entries")
+@click.pass_context
+def q_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> None:
+    """List quarantined messages."""
+    app = load_app(ctx, config_path)
+    rows = app.state.quarantined(status=None if show_all else "held")
+    console.print(_rows_table("quarantine", rows, ["id", "source", "uidl", "verdicts", "subject", "size",
+                                                    "created_at", "status"]))
+    app.close()
+
+
+@quarantine.command("show")
+@config_option
+@click.argument("entry_id", type=int)
+@click.pass_context
+def q_show(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
+    """Show one quarantine entry and where its raw bytes are."""
+    app = load_app(ctx, config_path)
+    _show(app, app.state.quarantined([entry_id], status=None), entry_id)
+    app.close()
+
+
+@quarantine.command("release")
+@config_option
+@click.argument("entry_id", type=int)
+@click.pass_context
+def q_release(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
+    """Deliver a quarantined message: the rest of the pipeline runs without the scan."""
+    app = load_app(ctx, config_path)
+    try:
+        result = release_quarantined(app, entry_id)
+    finally:
+        app.close()
+    _print_results([result])
+    sys.exit(0 if result.ok else 1)
+
+
+@quarantine.command("purge")
+@config_option
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.pass_context
+def q_purge(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]) -> None:
+    """Delete quarantine entries and their stored bytes."""
+    app = load_app(ctx, config_path)
+    results = purge(app, "quarantine", list(ids))
+    app.close()
+    _print_results(results)
+    sys.exit(0 if all(r.ok for r in results) else 1)

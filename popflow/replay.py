@@ -1,0 +1,89 @@
+"""Re-running stored messages: dead-letter replay and quarantine release."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from popflow.app import App
+from popflow.delivery import Deliverer, Item
+from popflow.outcome import Outcome
+
+
+@dataclass
+class ReplayResult:
+    """What happened to one replayed or released entry."""
+
+    entry_id: int
+    ok: bool
+    detail: str
+
+
+def _rerun(app: App, row: dict[str, Any], *, scan: bool, extra_sink: str | None) -> tuple[bool, str]:
+    raw = app.store.get(row["sha256"])
+    if raw.path is None or not raw.path.exists():
+        return False, "raw bytes missing from data_dir"
+    pipeline = app.pipeline()
+    prepared = pipeline.prepare(raw, row["source"], row["uidl"], scan=scan)
+    if isinstance(prepared, Outcome):
+        return prepared.kind in ("dropped", "no_route"), f"{prepared.kind}: {prepared.reason}"
+    sinks = list(prepared.sinks)
+    if extra_sink and extra_sink in app.sink_configs and extra_sink not in sinks:
+        sinks.append(extra_sink)
+    runners = app.sink_runners()
+    try:
+        item = Item(row["uidl"], raw, prepared.message, sinks)
+        Deliverer(runners, pipeline, app.pm, app.context.stop).deliver_batch([item], {})
+    finally:
+        for runner in runners.values():
+            runner.close()
+    outcome = item.outcome()
+    if outcome.kind == "delivered" and not outcome.dead_lettered:
+        return True, "delivered to " + ", ".join(outcome.delivered)
+    return False, f"{outcome.kind}: {outcome.reason}"
+
+
+def replay_dead_letters(app: App, ids: list[int] | None = None) -> list[ReplayResult]:
+    """Re-run routing and delivery for dead letters (all pending ones when ``ids`` is empty).
+
+    Sinks are idempotent on (source, uidl), so a sink that already had the message is not written
+    twice. A replay that fails again leaves the entry pending (and adds a new dead letter).
+    """
+    results = []
+    for row in app.state.dead_letters(ids or None, status=None if ids else "pending"):
+        if row["status"] != "pending":
+            results.append(ReplayResult(row["id"], False, f"already {row['status']}"))
+            continue
+        ok, detail = _rerun(app, row, scan=True, extra_sink=row["sink"])
+        if ok:
+            app.state.mark_dead_letter_replayed(row["id"])
+        results.append(ReplayResult(row["id"], ok, detail))
+    return results
+
+
+def release_quarantined(app: App, entry_id: int) -> ReplayResult:
+    """Deliver a quarantined message: the rest of the pipeline runs without the scan."""
+    rows = app.state.quarantined([entry_id], status=None)
+    if not rows:
+        return ReplayResult(entry_id, False, "no such quarantine entry")
+    row = rows[0]
+    if row["status"] != "held":
+        return ReplayResult(entry_id, False, f"already {row['status']}")
+    ok, detail = _rerun(app, row, scan=False, extra_sink=None)
+    if ok:
+        app.state.mark_released(entry_id)
+    return ReplayResult(entry_id, ok, detail)
+
+
+def purge(app: App, kind: str, ids: list[int]) -> list[ReplayResult]:
+    """Remove dead-letter or quarantine entries and their raw bytes when nothing else needs them."""
+    results = []
+    for entry_id in ids:
+        sha = app.state.purge_dead_letter(entry_id) if kind == "dead-letters" else app.state.purge_quarantined(entry_id)
+        if sha is None:
+            results.append(ReplayResult(entry_id, False, "no such entry"))
+            continue
+        if not app.state.sha256_referenced(sha):
+            app.store.remove(sha)
+        results.append(ReplayResult(entry_id, True, "purged"))
+    return results
