@@ -128,8 +128,8 @@ class FolderSink(Sink):
                     os.rename(tmp, final)
             if pending:
                 self._dirty_dirs.update({self.root / "tmp", self.root / "new"})
-            # Deepest first is not needed: every sync finishes before commit() returns.
-            for directory in sorted(self._dirty_dirs, key=lambda p: len(p.parts), reverse=True):
+            # One fsync per directory for the whole batch: this is what group commit saves.
+            for directory in sorted(self._dirty_dirs):
                 self._sync_dir(directory)
         except BaseException:
             # Whatever was not published stays pending so rollback() can clean it up.
