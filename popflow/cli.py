@@ -99,8 +99,10 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
                           TimeElapsedColumn(), console=console, transient=True) as progress:
                 for name in names:
                     task = progress.add_task(name, total=None)
-                    reports.append(app.poll(name, lambda done, total, t=task: progress.update(t, completed=done,
-                                                                                                total=total)))
+                    def advance(done: int, total: int, task_id: Any = task) -> None:
+                        progress.update(task_id, completed=done, total=total)
+
+                    reports.append(app.poll(name, advance))
         else:
             reports = [app.poll(name) for name in names]
     finally:

@@ -14,7 +14,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class Registry:
     sources: dict[str, type] = field(default_factory=dict)
     sinks: dict[str, type] = field(default_factory=dict)
 
-    def _adder(self, table: dict[str, type], kind: str):  # type: ignore[no-untyped-def]
+    def _adder(self, table: dict[str, type], kind: str) -> Callable[[str, type], None]:
         def register(name: str, cls: type) -> None:
             if name in table and table[name] is not cls:
                 raise PluginLoadError(
@@ -89,7 +89,7 @@ class PopflowPluginManager(pluggy.PluginManager):
 
     def plugin_label(self, plugin: object) -> str:
         """A readable name for a registered plugin."""
-        return self.get_name(plugin) or getattr(plugin, "__name__", type(plugin).__name__)
+        return str(self.get_name(plugin) or getattr(plugin, "__name__", type(plugin).__name__))
 
 
 def _load_object(spec: str) -> object:

@@ -103,7 +103,7 @@ class RawMessage:
         """A binary file object positioned at the start."""
         if self._data is not None:
             return io.BytesIO(self._data)
-        return open(self._path, "rb")  # type: ignore[arg-type]
+        return open(self._path, "rb")  # type: ignore[arg-type,return-value]
 
     def iter_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The bytes in chunks, without loading a spooled message whole."""

@@ -63,8 +63,11 @@ class SourceSession:
             except DeliveryError as exc:
                 yield listing, exc
 
-    def delete(self, listings: Iterable[Listing]) -> None:
-        """Mark messages for deletion (effective only after ``close(commit=True)``)."""
+    def delete(self, listings: Iterable[Listing]) -> list[Listing]:
+        """Mark messages for deletion (effective only after ``close(commit=True)``).
+
+        Returns the listings whose DELE the server refused (they stay on the server).
+        """
         raise NotImplementedError
 
     def close(self, commit: bool = True) -> None:

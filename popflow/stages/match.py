@@ -77,9 +77,9 @@ class Matcher:
         if rule.has_attachment is not None and bool(message.attachments) != rule.has_attachment:
             return False
         if rule.attachment is not None:
-            pattern = _glob(rule.attachment)
+            compiled = _glob(rule.attachment)
             names = [(a.original_filename or a.filename).lower() for a in message.attachments]
             names += [a.filename.lower() for a in message.attachments]
-            if not any(pattern.match(name) for name in names):
+            if not any(compiled.match(name) for name in names):
                 return False
         return True
