@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from popflow.testing import FaultAction, FaultScript, POP3TestServer
+from popflow.testing import FaultAction, FaultScript, POP3TestServer, make_message
 from popflow.testing.mailbox import to_wire
 
 pytest_plugins = ["pytester"]
@@ -366,6 +366,43 @@ def test_stop_is_quick_and_closes_clients(server: POP3TestServer) -> None:
     assert idle.rest() == b"" and logged_in.rest() == b""
     with pytest.raises(OSError):
         socket.create_connection(server.address, timeout=1)
+
+
+def test_restart_on_the_same_port_keeps_the_mailbox(server: POP3TestServer) -> None:
+    wire = Wire(server)
+    wire.login()
+    wire.cmd("DELE 1")
+    wire.cmd("QUIT")
+    port = server.port
+    server.stop()
+    server.start()
+    assert server.port == port
+    again = Wire(server)
+    again.login()
+    assert again.cmd("STAT").startswith("+OK 2 ")
+
+
+def test_drop_all_cuts_sessions_but_keeps_listening(server: POP3TestServer) -> None:
+    wire = Wire(server)
+    wire.login()
+    wire.cmd("DELE 1")
+    assert server.drop_all() == 1
+    assert wire.rest() == b""
+    assert server.wait_idle()
+    assert len(server.messages()) == 3
+    assert Wire(server).login().startswith("+OK")
+
+
+def test_make_message_is_served_intact() -> None:
+    raw = make_message("Order #42", to=["a@example.com", "b@example.com"], body="line\n.dot\n",
+                       attachments=[("r.pdf", b"%PDF-1.4", "application/pdf")])
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    with POP3TestServer([raw]) as server:
+        client = poplib.POP3(server.host, server.port, timeout=5)
+        client.user("user")
+        client.pass_("pass")
+        assert b"\r\n".join(client.retr(1)[1]) + b"\r\n" == raw
+        client.quit()
 
 
 # -- faults ---------------------------------------------------------------------

@@ -16,5 +16,7 @@ Plugin authors get the ``pop3_server`` pytest fixture automatically once popflow
 from popflow.testing.faults import FaultAction, FaultRule, FaultScript
 from popflow.testing.mailbox import Mailbox, StoredMessage
 from popflow.testing.pop3server import POP3TestServer, ServerStats
+from popflow.testing.samples import make_message
 
-__all__ = ["FaultAction", "FaultRule", "FaultScript", "Mailbox", "POP3TestServer", "ServerStats", "StoredMessage"]
+__all__ = ["FaultAction", "FaultRule", "FaultScript", "Mailbox", "POP3TestServer", "ServerStats", "StoredMessage",
+           "make_message"]

@@ -126,7 +126,11 @@ class POP3TestServer:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> POP3TestServer:
-        """Bind and start accepting; ``port=0`` picks a free port (read it from :attr:`port`)."""
+        """Bind and start accepting; ``port=0`` picks a free port (read it from :attr:`port`).
+
+        After :meth:`stop`, ``start()`` listens again on the same port with the same mailbox,
+        which is how a test simulates a server restart.
+        """
         if self._listener is not None:
             raise RuntimeError("server already started")
         self.stopping.clear()
@@ -156,6 +160,14 @@ class POP3TestServer:
             session.abort()
         for _, thread in sessions:
             thread.join(timeout)
+
+    def drop_all(self) -> int:
+        """Cut every open client connection (as a server crash would) but keep listening; returns how many."""
+        with self._sessions_changed:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.abort()
+        return len(sessions)
 
     def __enter__(self) -> POP3TestServer:
         return self.start()
