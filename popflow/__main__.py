@@ -1,0 +1,5 @@
+"""``python -m popflow`` runs the command line."""
+
+from popflow.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""The plugin system: built-ins as ordinary plugins, documented hooks, entry points, plugin files, errors."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from pathlib import Path
+
+import pytest
+
+from popflow import hookspecs
+from popflow.errors import PluginLoadError
+from popflow.plugins import DEFAULT_PLUGINS, describe_plugins, load_entry_point_plugins, make_plugin_manager
+
+
+def test_every_hook_is_documented() -> None:
+    names = hookspecs.all_hook_names()
+    assert "popflow_parse" in names and "popflow_route" in names
+    for name in names:
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert doc and len(doc) > 40, f"{name} needs a real docstring"
+
+
+def test_contract_hooks_exist() -> None:
+    contract = {"popflow_register_sources", "popflow_register_sinks", "popflow_parse", "popflow_scan",
+                "popflow_filter", "popflow_transform", "popflow_route", "popflow_delivered", "popflow_failed",
+                "popflow_startup", "popflow_shutdown"}
+    assert contract <= set(hookspecs.all_hook_names())
+
+
+def test_builtins_registered_like_plugins() -> None:
+    pm = make_plugin_manager(load_entry_points=False)
+    rows = {row["name"]: row for row in describe_plugins(pm)}
+    for spec in DEFAULT_PLUGINS:
+        assert spec.split(":")[0] in rows
+    assert {"pop3"} <= set(pm.registry.sources)
+    assert {"folder", "database"} <= set(pm.registry.sinks)
+    assert "popflow_parse" in rows["popflow.parser"]["hooks"]
+
+
+def test_plugins_dir_file_is_loaded(tmp_path: Path) -> None:
+    (tmp_path / "tagger.py").write_text(
+        "from popflow import hookimpl\n\n@hookimpl\ndef popflow_transform(message):\n"
+        "    message.tags.add('tagged')\n")
+    pm = make_plugin_manager(plugins_dirs=[tmp_path], load_entry_points=False)
+    assert pm.has_plugin("tagger")
+
+
+def test_plugins_dir_import_error_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import does_not_exist_anywhere\n")
+    with pytest.raises(PluginLoadError) as info:
+        make_plugin_manager(plugins_dirs=[tmp_path], load_entry_points=False)
+    assert "broken.py" in str(info.value)
+    assert "does_not_exist_anywhere" in str(info.value)
+
+
+def test_unknown_hook_name_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "typo.py").write_text("from popflow import hookimpl\n\n@hookimpl\ndef popflow_transfrom(message):\n"
+                                      "    pass\n")
+    pm = make_plugin_manager(plugins_dirs=[tmp_path], load_entry_points=False)
+    with pytest.raises(Exception, match="popflow_transfrom"):
+        pm.check_pending()
+
+
+class FakeEntryPoint:
+    """An entry point whose load() raises, as a broken installed plugin would."""
+
+    name = "exploding"
+    group = "popflow"
+    dist = type("Dist", (), {"name": "popflow-exploding"})()
+
+    def load(self) -> object:
+        raise RuntimeError("boom at import")
+
+
+def test_entry_point_failure_names_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [FakeEntryPoint()])
+    pm = make_plugin_manager(load_entry_points=False)
+    with pytest.raises(PluginLoadError) as info:
+        load_entry_point_plugins(pm)
+    assert "popflow-exploding:exploding" in str(info.value)
+    assert "boom at import" in str(info.value)
+
+
+def test_load_plugins_env_selects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [FakeEntryPoint()])
+    monkeypatch.setenv("POPFLOW_LOAD_PLUGINS", "")
+    pm = make_plugin_manager()  # the broken one is not selected, so nothing fails
+    assert not pm.has_plugin("exploding")
+
+
+def test_duplicate_sink_type_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "dupe.py").write_text(
+        "from popflow import hookimpl\nfrom popflow.sinks.base import Sink\n\nclass Other(Sink):\n    pass\n\n"
+        "@hookimpl\ndef popflow_register_sinks(register):\n    register('folder', Other)\n")
+    with pytest.raises(PluginLoadError, match="already registered"):
+        make_plugin_manager(plugins_dirs=[tmp_path], load_entry_points=False)
