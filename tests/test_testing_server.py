@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from popflow.testing import FaultAction, FaultScript, POP3TestServer, make_message
 from popflow.testing.mailbox import to_wire
@@ -256,6 +258,19 @@ def test_retr_byte_stuffing_and_crlf_conversion() -> None:
         client.user("user")
         client.pass_("pass")
         assert b"\r\n".join(client.retr(1)[1]) + b"\r\n" == to_wire(raw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"a\rb", b"\xff\x00", b"text"]), max_size=12)
+       .map(b"\n".join), st.sampled_from([b"\n", b"\r\n"]))
+def test_retr_round_trips_any_message(body: bytes, newline: bytes) -> None:
+    raw = b"Subject: p" + newline + newline + body.replace(b"\n", newline)
+    with POP3TestServer([raw]) as server:
+        wire = Wire(server)
+        wire.login()
+        assert wire.cmd("RETR 1").startswith("+OK")
+        unstuffed = b"".join(line[1:] if line.startswith(b".") else line for line in wire.multi())
+    assert unstuffed == to_wire(raw)
 
 
 def test_top(server: POP3TestServer) -> None:
