@@ -525,3 +525,46 @@ def test_example_and_real_payloads_match_the_schema(receiver: HttpReceiver, make
     except ImportError:
         return
     jsonschema.Draft202012Validator(schema).validate(example)
+
+
+# -- the receiver in docs/webhooks.md ------------------------------------------------------------
+def _docs_receiver(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    text = (DOCS / "webhooks.md").read_text(encoding="utf-8")
+    block = text.split("<!-- receiver-example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    namespace: dict[str, Any] = {"__name__": "docs_receiver"}
+    exec(compile(block, "docs/webhooks.md", "exec"), namespace)
+    return namespace
+
+
+def test_documented_receiver_accepts_popflow_and_rejects_forgeries(
+    monkeypatch: pytest.MonkeyPatch, make_sink: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+    from http.server import HTTPServer
+
+    docs = _docs_receiver(monkeypatch)
+    server = HTTPServer(("127.0.0.1", 0), docs["Hook"])
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        sink = make_sink(url, secret=SECRET)
+        sink.write(make_message())
+        sink.write(make_message())  # a retry after a lost answer: accepted, handled once
+        assert docs["seen"] == {delivery_id("support", "UID-1", "helpdesk")}
+        assert capsys.readouterr().out == "Order #42 — confirmed\n"
+
+        forger = make_sink(url, name="forger", secret="not-the-secret")
+        with pytest.raises(DeadLetterError, match="401"):
+            forger.write(make_message())
+        with pytest.raises(DeadLetterError, match="401"):
+            make_sink(url, name="unsigned").write(make_message())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    verify = docs["verify"]
+    stale = encode_payload(build_payload(make_message(), delivery="d", timestamp=int(time.time()) - 301))
+    with pytest.raises(ValueError, match="stale"):
+        verify(stale, sign(SECRET, stale))
