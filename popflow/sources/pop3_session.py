@@ -1,0 +1,353 @@
+"""One POP3 session: connect, TLS, CAPA, login, STAT, LIST/UIDL, RETR, DELE, QUIT.
+
+Commands are pipelined (RFC 2449 PIPELINING) when the server advertises it and the source allows
+it: a sliding window of up to ``pipeline_window`` commands is in flight, refilled when half of it
+has been answered, so neither side ever blocks on a full socket buffer. Otherwise every command
+waits for its reply (lock-step). Both give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from popflow.context import RuntimeContext
+from popflow.errors import DeferMessage, DeliveryError, SourceConnectionError, SourceFatalError
+from popflow.raw import RawMessage
+from popflow.sources.base import Listing, SessionInfo, SourceSession
+from popflow.sources.pop3_auth import AuthRequest, authenticate
+from popflow.sources.pop3_wire import Pop3Wire, Response
+from popflow.sources.tls import make_ssl_context
+
+if TYPE_CHECKING:
+    from popflow.sources.pop3 import Pop3Config
+
+log = logging.getLogger("popflow.sources.pop3")
+
+HEADER_KEY_PREFIX = "hdr-sha256:"
+"""Prefix of the message key used when the server has no UIDL: SHA-256 of ``TOP n 0``."""
+
+_APOP_TIMESTAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
+
+
+def parse_capabilities(body: bytes) -> dict[str, list[str]]:
+    """CAPA lines → ``{"SASL": ["PLAIN", "XOAUTH2"], "PIPELINING": [], ...}`` (names upper-cased)."""
+    capabilities: dict[str, list[str]] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        words = line.split()
+        if words:
+            capabilities[words[0].upper()] = words[1:]
+    return capabilities
+
+
+def _numbered(body: bytes, what: str) -> dict[int, str]:
+    """``n value`` lines of a LIST or UIDL reply."""
+    result: dict[int, str] = {}
+    for line in body.split(b"\n"):
+        words = line.split()
+        if not words:
+            continue
+        try:
+            result[int(words[0])] = words[1].decode("ascii", "replace")
+        except (ValueError, IndexError):
+            raise SourceConnectionError(f"malformed {what} line {line[:80]!r}") from None
+    return result
+
+
+class Pop3Session(SourceSession):
+    """A connected, authenticated POP3 session (see :class:`~popflow.sources.base.SourceSession`)."""
+
+    def __init__(self, config: Pop3Config, context: RuntimeContext, name: str = "pop3", *,
+                 password: Callable[[], str] | None = None, token: Callable[[], str] | None = None) -> None:
+        self.config = config
+        self.context = context
+        self.name = name
+        self.info = SessionInfo()
+        self.auth_method: str | None = None
+        self.greeting = ""
+        self._password = password
+        self._token = token
+        self._wire: Pop3Wire | None = None
+        self._broken = False
+        self._closed = False
+        self._pipelining = False
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """``user@host:port`` for messages (no secrets)."""
+        return f"{self.config.username}@{self.config.host}:{self.config.server_port}"
+
+    @property
+    def wire(self) -> Pop3Wire:
+        """The open connection."""
+        if self._wire is None or self._closed:
+            raise SourceConnectionError(f"{self.label}: the session is closed")
+        return self._wire
+
+    @property
+    def capabilities(self) -> dict[str, list[str]]:
+        """The server's CAPA answer (after STLS, the second one)."""
+        return self.info.capabilities
+
+    @property
+    def pipelining(self) -> bool:
+        """True when commands are pipelined in this session."""
+        return self._pipelining
+
+    def open(self) -> None:
+        """Connect, TLS, CAPA, login, STAT. On failure the socket is closed and the error raised."""
+        cfg = self.config
+        try:
+            self._open(cfg)
+        except BaseException:
+            if self._wire is not None:
+                self._wire.close()
+            self._closed = True
+            raise
+
+    def _open(self, cfg: Pop3Config) -> None:
+        host, port = cfg.host, cfg.server_port
+        context = None
+        if cfg.tls != "none":
+            if not cfg.tls_verify:
+                log.warning("%s: tls_verify is false: the server's certificate is NOT checked", self.label)
+            context = make_ssl_context(self.context.resolve(cfg.ca_file) if cfg.ca_file else None,
+                                       verify=cfg.tls_verify)
+        self._wire = wire = Pop3Wire.open(host, port, cfg.timeout)
+        if cfg.tls == "implicit":
+            assert context is not None
+            wire.start_tls(context)
+        greeting = wire.read_response()
+        self.greeting = greeting.text
+        if not greeting.ok:
+            raise SourceConnectionError(f"{self.label}: the server refused the connection: {greeting.text}")
+        found = _APOP_TIMESTAMP.findall(greeting.line)
+        apop_timestamp = found[-1] if found else None
+        self.info.capabilities = self._capa()
+        if cfg.tls == "starttls":
+            assert context is not None
+            if "STLS" not in self.info.capabilities:
+                raise SourceFatalError(f"{self.label}: tls: starttls, but the server does not offer STLS; "
+                                       "refusing to continue unencrypted")
+            wire.send_line(b"STLS")
+            reply = wire.read_response()
+            if not reply.ok:
+                raise SourceFatalError(f"{self.label}: STLS refused: {reply.text}")
+            wire.start_tls(context)
+            self.info.capabilities = self._capa()  # RFC 2595: capabilities may change after STLS
+        request = AuthRequest(
+            username=cfg.username, host=host, capabilities=self.info.capabilities,
+            encrypted=wire.encrypted, allow_insecure=cfg.allow_insecure,
+            password=self._password, token=self._token, apop_timestamp=apop_timestamp,
+        )
+        self.auth_method = authenticate(wire, request, cfg.auth)
+        self._pipelining = cfg.pipelining and "PIPELINING" in self.info.capabilities
+        if not wire.encrypted:
+            self.info.notes.append("connection is NOT encrypted")
+        self.info.notes.append(f"auth {self.auth_method}")
+        self.info.notes.append("pipelining" if self._pipelining else "lock-step")
+        self.info.message_count, self.info.total_size = self.stat()
+        log.debug("%s: logged in (auth %s, %s), %d messages", self.label, self.auth_method,
+                  "TLS" if wire.encrypted else "plain", self.info.message_count)
+
+    def _capa(self) -> dict[str, list[str]]:
+        self.wire.send_line(b"CAPA")
+        reply = self.wire.read_response()
+        if not reply.ok:
+            return {}
+        return parse_capabilities(self.wire.read_body())
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _command(self, line: bytes) -> Response:
+        """One single-line command in lock-step."""
+        try:
+            self.wire.send_line(line)
+            return self.wire.read_response()
+        except SourceConnectionError:
+            self._broken = True
+            raise
+
+    def _exchange(self, commands: Sequence[bytes], multiline: bool) -> Generator[tuple[int, Response], None, None]:
+        """Send ``commands`` (windowed when pipelining) and yield ``(index, reply)`` in order.
+
+        For ``multiline`` commands the caller reads (or skips) the body of every ``+OK`` reply
+        before advancing. Closing the generator early drains the replies still in flight.
+        """
+        total = len(commands)
+        window = self.config.pipeline_window if self._pipelining else 1
+        sent = done = 0
+        current_body_pending = False
+        try:
+            while done < total:
+                if sent < total and sent - done <= window // 2:
+                    upto = min(total, done + window)
+                    self.wire.send(b"".join(commands[sent:upto]))
+                    sent = upto
+                reply = self.wire.read_response()
+                done += 1
+                current_body_pending = multiline and reply.ok
+                yield done - 1, reply
+                current_body_pending = False
+        except SourceConnectionError:
+            self._broken = True
+            raise
+        finally:
+            if done < sent and not self._broken and not current_body_pending:
+                try:
+                    for _ in range(sent - done):
+                        if self.wire.read_response().ok and multiline:
+                            self.wire.skip_body()
+                except SourceConnectionError:
+                    self._broken = True
+                    raise
+            elif current_body_pending and done < sent:
+                self._broken = True  # the caller left a body unread: the stream is out of step
+
+    def stat(self) -> tuple[int, int]:
+        """``STAT``: (message count, total octets)."""
+        reply = self._command(b"STAT")
+        if not reply.ok:
+            raise SourceFatalError(f"{self.label}: STAT failed: {reply.text}")
+        try:
+            count, size = reply.text.split()[:2]
+            return int(count), int(size)
+        except ValueError:
+            raise SourceConnectionError(f"{self.label}: malformed STAT reply {reply.text[:80]!r}") from None
+
+    def list_messages(self) -> list[Listing]:
+        """Every message with its UIDL and size: one LIST and one UIDL (pipelined together if allowed)."""
+        sizes: dict[int, str] = {}
+        uids: dict[int, str] | None = None
+        for index, reply in self._exchange([b"LIST\r\n", b"UIDL\r\n"], multiline=True):
+            if index == 0:
+                if not reply.ok:
+                    raise SourceFatalError(f"{self.label}: LIST failed: {reply.text}")
+                sizes = _numbered(self._read_small_body(), "LIST")
+            elif reply.ok:
+                uids = _numbered(self._read_small_body(), "UIDL")
+        if uids is None:
+            uids = self._header_keys(sorted(sizes))
+        listings = []
+        for number in sorted(sizes):
+            uid = uids.get(number)
+            if uid is None:
+                log.warning("%s: message %d has no UIDL; skipped this poll", self.label, number)
+                continue
+            try:
+                size = int(sizes[number])
+            except ValueError:
+                raise SourceConnectionError(f"{self.label}: malformed LIST size for message {number}") from None
+            listings.append(Listing(number=number, uidl=uid, size=size))
+        return listings
+
+    def _read_small_body(self) -> bytes:
+        try:
+            return self.wire.read_body()
+        except SourceConnectionError:
+            self._broken = True
+            raise
+
+    def _header_keys(self, numbers: list[int]) -> dict[int, str]:
+        """Fallback message keys for servers without UIDL: SHA-256 of each message's header block."""
+        note = (f"the server does not support UIDL; messages are keyed by {HEADER_KEY_PREFIX}"
+                "<sha256 of the header block> (TOP n 0); identical headers count as one message")
+        log.warning("%s: %s", self.label, note)
+        self.info.notes.append(note)
+        keys: dict[int, str] = {}
+        commands = [b"TOP %d 0\r\n" % n for n in numbers]
+        for index, reply in self._exchange(commands, multiline=True):
+            if not reply.ok:
+                raise SourceFatalError(f"{self.label}: the server supports neither UIDL nor TOP "
+                                       f"({reply.text}); cannot identify messages safely")
+            digest = hashlib.sha256()
+            try:
+                for chunk in self.wire.iter_body():
+                    digest.update(chunk)
+            except SourceConnectionError:
+                self._broken = True
+                raise
+            keys[numbers[index]] = HEADER_KEY_PREFIX + digest.hexdigest()
+        return keys
+
+    # -- retrieving ----------------------------------------------------------------------------
+
+    def _collect(self, listing: Listing) -> RawMessage:
+        try:
+            return RawMessage.from_chunks(self.wire.iter_body(), spool_dir=self.context.spool_dir)
+        except SourceConnectionError:
+            self._broken = True
+            raise
+        except OSError as exc:  # the spool could not be written: the body is half read
+            self._broken = True
+            self.wire.close()
+            raise SourceFatalError(f"{self.label}: cannot spool message {listing.uidl}: {exc}") from exc
+
+    def _refused(self, listing: Listing, reply: Response) -> DeferMessage:
+        log.warning("%s: RETR %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
+        return DeferMessage(f"{self.label}: the server refused message {listing.uidl}: {reply.text}")
+
+    def retrieve(self, listing: Listing) -> RawMessage:
+        """``RETR``: the message's bytes, dot-unstuffed, exactly as the server sends them."""
+        reply = self._command(b"RETR %d" % listing.number)
+        if not reply.ok:
+            raise self._refused(listing, reply)
+        return self._collect(listing)
+
+    def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage | DeliveryError]]:
+        """RETR each listing in order, pipelined when allowed; a refused one yields a DeferMessage."""
+        wanted = list(listings)
+        exchange = self._exchange([b"RETR %d\r\n" % item.number for item in wanted], multiline=True)
+        try:
+            for index, reply in exchange:
+                listing = wanted[index]
+                if not reply.ok:
+                    yield listing, self._refused(listing, reply)
+                    continue
+                yield listing, self._collect(listing)
+        finally:
+            exchange.close()
+
+    def delete(self, listings: Iterable[Listing]) -> list[Listing]:
+        """Mark messages deleted (applied at QUIT); returns the listings whose DELE was refused."""
+        wanted = list(listings)
+        failed = []
+        for index, reply in self._exchange([b"DELE %d\r\n" % item.number for item in wanted], multiline=False):
+            if not reply.ok:
+                listing = wanted[index]
+                log.warning("%s: DELE %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
+                failed.append(listing)
+        return failed
+
+    def close(self, commit: bool = True) -> None:
+        """``commit``: QUIT and check its reply (deletions apply); else drop the connection."""
+        if self._closed or self._wire is None:
+            self._closed = True
+            return
+        wire = self._wire
+        self._closed = True
+        if not commit:
+            wire.close()
+            return
+        if self._broken:
+            wire.close()
+            raise SourceConnectionError(f"{self.label}: the connection was lost; deletions were not applied")
+        try:
+            wire.send_line(b"QUIT")
+            reply = wire.read_response()
+        except SourceConnectionError as exc:
+            raise SourceConnectionError(f"{exc}; deletions may not have been applied") from None
+        finally:
+            wire.close()
+        if not reply.ok:
+            raise SourceConnectionError(f"{self.label}: QUIT failed ({reply.text}); "
+                                        "deletions may not have been applied")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Pop3Session {self.label} {state}>"
