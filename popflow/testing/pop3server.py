@@ -159,7 +159,8 @@ class POP3TestServer:
         for session, _ in sessions:
             session.abort()
         for _, thread in sessions:
-            thread.join(timeout)
+            if thread is not threading.current_thread():  # stop() may be called from a fault callback
+                thread.join(timeout)
 
     def drop_all(self) -> int:
         """Cut every open client connection (as a server crash would) but keep listening; returns how many."""
