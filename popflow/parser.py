@@ -1,0 +1,39 @@
+"""The built-in parser plugin: raw bytes into a :class:`~popflow.message.Message`, never raising.
+
+Headers are parsed at once and cheaply (the header block only, see :mod:`popflow.parsing.fields`);
+the MIME body is parsed on first access to ``text``, ``html`` or ``attachments``
+(:mod:`popflow.parsing.body`). Whatever had to be repaired or could not be read is listed in
+``message.defects``; the raw bytes are attached untouched.
+"""
+
+from __future__ import annotations
+
+from popflow.hookspecs import hookimpl
+from popflow.message import Message
+from popflow.parsing.body import parse_body
+from popflow.parsing.defects import finish_defects
+from popflow.parsing.fields import fill_header_fields
+from popflow.raw import RawMessage
+
+
+def parse_message(raw: RawMessage, source: str = "") -> Message:
+    """Parse the headers of ``raw`` now and install a loader for its body; never raises."""
+    message = Message(source=source)
+    defects: list[str] = []
+    try:
+        message.attach_raw(raw)
+    except Exception as exc:  # e.g. a spool file gone missing: still return a message
+        defects.append(f"raw: unreadable ({type(exc).__name__})")
+    try:
+        fill_header_fields(message, raw, defects)
+    except Exception as exc:
+        defects.append(f"headers: parser error ({type(exc).__name__}), headers left unparsed")
+    message.defects = finish_defects(defects)
+    message.set_body_loader(lambda: parse_body(raw))
+    return message
+
+
+@hookimpl(trylast=True)
+def popflow_parse(raw: RawMessage, source: str) -> Message:
+    """The fallback parser: every message gets parsed, however broken."""
+    return parse_message(raw, source)

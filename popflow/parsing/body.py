@@ -1,0 +1,138 @@
+"""The lazy body parse: text, HTML and attachments of a message, from its raw bytes.
+
+The MIME tree is walked by offsets (:mod:`popflow.parsing.mime`); the first text/plain and
+text/html parts that are not attachments become ``text`` and ``html``, every other leaf (including
+forwarded ``message/rfc822`` parts) is an attachment whose bytes are decoded again on demand from
+the raw message, so the parsed body holds no attachment bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mimetypes
+import mmap
+import re
+from collections.abc import Callable, Iterator
+
+from popflow.message import Attachment, Body
+from popflow.parsing.charsets import decode_text
+from popflow.parsing.defects import finish_defects
+from popflow.parsing.encoded_words import decode_words
+from popflow.parsing.headers import header_text, sanitize
+from popflow.parsing.mime import Part, walk
+from popflow.parsing.transfer import transfer_decode
+from popflow.raw import RawMessage
+from popflow.safenames import safe_filename
+
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+_FORWARDED_TYPES = frozenset({"message/rfc822", "message/global"})
+_EXTENSIONS = {
+    "text/plain": ".txt",
+    "text/html": ".html",
+    "message/rfc822": ".eml",
+    "message/global": ".eml",
+    "application/octet-stream": ".bin",
+}
+
+
+def parse_body(raw: RawMessage) -> Body:
+    """Parse the whole MIME structure of ``raw`` into a :class:`~popflow.message.Body`; never raises."""
+    body = Body()
+    defects: list[str] = []
+    try:
+        with _buffer(raw) as data:
+            for part in walk(data, defects):
+                try:
+                    _take_part(part, data, raw, body, defects)
+                except Exception as exc:  # one unreadable part must not cost the others
+                    defects.append(f"{part.section}: unreadable ({type(exc).__name__}), skipped")
+    except Exception as exc:  # the raw bytes stay intact; the body is just not parsed
+        defects.append(f"body: parser error ({type(exc).__name__}), body left unparsed")
+    body.defects = finish_defects(defects)
+    return body
+
+
+@contextlib.contextmanager
+def _buffer(raw: RawMessage) -> Iterator[bytes]:
+    """The message bytes: in memory as they are, or a spool file memory-mapped (not read into RAM)."""
+    if not raw.spooled or raw.size == 0:
+        yield raw.read()
+        return
+    with raw.open() as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        yield mapped  # type: ignore[misc]  # an mmap supports every bytes operation used here
+
+
+def _take_part(part: Part, data: bytes, raw: RawMessage, body: Body, defects: list[str]) -> None:
+    """Make ``part`` the text, the HTML or an attachment of ``body``."""
+    content = transfer_decode(bytes(data[part.start:part.end]), part.transfer_encoding, part.section, defects)
+    raw_name = part.disposition_params.get("filename") or part.params.get("name")
+    body_like = part.disposition != "attachment" and not raw_name
+    if body_like and part.content_type == "text/plain" and body.text is None:
+        body.text = _text(content, part, defects)
+    elif body_like and part.content_type == "text/html" and body.html is None:
+        body.html = _text(content, part, defects)
+    else:
+        body.attachments.append(_attachment(part, content, raw_name, raw, defects))
+
+
+def _text(content: bytes, part: Part, defects: list[str]) -> str:
+    charset = part.params.get("charset")
+    if not charset and part.content_type == "text/html" and (meta := _META_CHARSET.search(content[:4096])):
+        charset = meta.group(1).decode("ascii")
+    text = decode_text(content, charset, part.section, defects)
+    if "\x00" in text:  # databases refuse NUL in text; the raw bytes keep the original
+        defects.append(f"{part.section}: NUL characters replaced")
+        text = text.replace("\x00", "\ufffd")
+    return text
+
+
+def _attachment(part: Part, content: bytes, raw_name: str | None, raw: RawMessage,
+                defects: list[str]) -> Attachment:
+    original = None
+    if raw_name:
+        original = sanitize(decode_words(raw_name.strip(), f"{part.section} filename", defects)) or None
+    if part.content_type in _FORWARDED_TYPES:
+        fallback = "forwarded-message.eml"
+    else:
+        number = part.section.removeprefix("part ") if part.section != "body" else "1"
+        fallback = f"part-{number}{_extension(part.content_type)}"
+    raw_id = part.headers.first("content-id")
+    content_id = None
+    if raw_id is not None:
+        content_id = header_text(raw_id, "Content-ID", "latin-1", defects, words=False).strip("<> \t") or None
+    attachment = Attachment(
+        filename=safe_filename(original, fallback),
+        original_filename=original,
+        content_type=part.content_type,
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content_id=content_id,
+        inline=part.disposition == "inline" or (not part.disposition and content_id is not None),
+    )
+    attachment._content_loader = _loader(raw, part.start, part.end, part.transfer_encoding, part.section)
+    return attachment
+
+
+def _loader(raw: RawMessage, start: int, end: int, encoding: str, where: str) -> Callable[[], bytes]:
+    """A closure that re-reads and decodes one part's bytes from the raw message."""
+
+    def load() -> bytes:
+        if raw.spooled:
+            with raw.open() as handle:
+                handle.seek(start)
+                encoded = handle.read(end - start)
+        else:
+            encoded = raw.read()[start:end]
+        return transfer_decode(encoded, encoding, where, [])
+
+    return load
+
+
+def _extension(content_type: str) -> str:
+    if content_type in _EXTENSIONS:
+        return _EXTENSIONS[content_type]
+    try:
+        return mimetypes.guess_extension(content_type, strict=False) or ".bin"
+    except Exception:
+        return ".bin"
