@@ -1,0 +1,1 @@
+"""``popflow demo``: a self-contained tour on loopback — sample mailbox, config, one full poll."""
