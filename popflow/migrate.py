@@ -1,0 +1,97 @@
+"""Apply Alembic migrations shipped inside the package, programmatically (no ``alembic.ini``).
+
+Every schema popflow owns (the database sink's tables, the state store) ships as an Alembic
+script directory inside the package. :func:`upgrade` brings a database to the head revision of
+one of them; it is idempotent, so callers run it on every start. Two things make one script
+directory reusable for many table sets:
+
+* ``version_table`` names Alembic's bookkeeping table, so two schemas (or two prefixes of the
+  same schema) in one database never share a revision row;
+* ``parameters`` reach the migration scripts, which read them with :func:`migration_parameter`
+  (the database sink passes ``table_prefix``).
+
+A script directory's ``env.py`` must call :func:`run_migrations_online` (see
+``popflow/migrations/env.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+_PARAMETERS = "popflow.parameters"
+_VERSION_TABLE = "popflow.version_table"
+_CONNECTION = "connection"
+
+
+def _config(script_location: str | Path, version_table: str, parameters: Mapping[str, Any],
+            connection: Connection | None = None) -> Config:
+    # No ini file: everything env.py needs travels in ``attributes``.
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.attributes[_VERSION_TABLE] = version_table
+    config.attributes[_PARAMETERS] = dict(parameters)
+    if connection is not None:
+        config.attributes[_CONNECTION] = connection
+    return config
+
+
+def head_revision(script_location: str | Path) -> str | None:
+    """The head revision of a script directory (``package:path`` or a filesystem path)."""
+    script = ScriptDirectory.from_config(_config(script_location, "alembic_version", {}))
+    return script.get_current_head()
+
+
+def current_revision(connection: Connection, version_table: str) -> str | None:
+    """The revision a database is at, or None when the schema has never been created."""
+    context = MigrationContext.configure(connection, opts={"version_table": version_table})
+    return context.get_current_revision()
+
+
+def upgrade(engine: Engine, script_location: str | Path, *, version_table: str,
+            parameters: Mapping[str, Any] | None = None, revision: str = "head") -> str | None:
+    """Upgrade the database behind ``engine`` to ``revision`` (default: head); return the revision reached.
+
+    ``script_location`` is ``"package:folder"`` (e.g. ``"popflow:migrations"``) or a path.
+    Running it again at head changes nothing.
+    """
+    with engine.begin() as connection:
+        command.upgrade(_config(script_location, version_table, parameters or {}, connection), revision)
+    with engine.connect() as connection:
+        return current_revision(connection, version_table)
+
+
+def run_migrations_online(context: Any) -> None:
+    """The body of a popflow ``env.py``: run the migrations on the connection :func:`upgrade` passed.
+
+    ``context`` is ``alembic.context`` as imported by ``env.py``.
+    """
+    config = context.config
+    connection = config.attributes.get(_CONNECTION)
+    if connection is None:
+        raise RuntimeError("popflow migrations run through popflow.migrate.upgrade(), not the alembic CLI")
+    context.configure(
+        connection=connection,
+        version_table=config.attributes[_VERSION_TABLE],
+        # SQLite cannot ALTER most things; batch mode makes future migrations portable.
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def migration_parameter(name: str) -> Any:
+    """Inside a migration script: a parameter given to :func:`upgrade` (e.g. ``table_prefix``)."""
+    from alembic import op
+
+    config = op.get_context().config
+    if config is None or name not in config.attributes.get(_PARAMETERS, {}):
+        raise RuntimeError(f"migration parameter {name!r} was not given to popflow.migrate.upgrade()")
+    return config.attributes[_PARAMETERS][name]

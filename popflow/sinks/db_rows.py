@@ -1,0 +1,151 @@
+"""Turn a :class:`~popflow.message.Message` into rows for the database sink's tables.
+
+Real mail is messy and databases are strict, so values are made storable the same way on every
+database (one message gives the same row on SQLite, PostgreSQL and MariaDB):
+
+* NUL characters (PostgreSQL rejects them in text and JSON) become U+FFFD;
+* lone surrogates (left by lenient decoders; not valid UTF-8) become U+FFFD;
+* a ``date`` outside years 1000 to 9999 (MariaDB's DATETIME range) is stored as NULL;
+* ``meta`` values that JSON cannot hold (sets, datetimes, bytes, objects) become lists and strings.
+
+Each such repair is noted in the row's ``defects`` column as ``database: ...``; the message itself
+is not changed. Nothing is lost: the raw bytes are the source of truth (kept in ``raw`` with
+``store_raw: true``, and by the other sinks and dead letters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from popflow.message import Address, Message
+
+NUL_NOTE = "database: NUL characters replaced with U+FFFD"
+SURROGATE_NOTE = "database: invalid Unicode (lone surrogates) replaced with U+FFFD"
+
+
+class Cleaner:
+    """Makes values storable and remembers which repairs it made."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        """Record a repair once."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def text(self, value: str | None) -> str | None:
+        """A string every database accepts (see the module docstring)."""
+        if value is None:
+            return None
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+            self.note(NUL_NOTE)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Pairs of surrogates recombine into one character; lone ones become U+FFFD.
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            self.note(SURROGATE_NOTE)
+        return value
+
+    def json(self, value: Any) -> Any:
+        """A JSON-ready copy of ``value``: dicts, lists, strings, finite numbers, bools and None."""
+        if value is None or isinstance(value, bool | int):
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else str(value)
+        if isinstance(value, Mapping):
+            return {self.text(str(key)): self.json(item) for key, item in value.items()}
+        if isinstance(value, set | frozenset):
+            return [self.json(item) for item in sorted(value, key=str)]
+        if isinstance(value, list | tuple):
+            return [self.json(item) for item in value]
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if isinstance(value, bytes | bytearray):
+            return self.text(bytes(value).decode("utf-8", "replace"))
+        if isinstance(value, BaseModel):
+            return self.json(value.model_dump(mode="json"))
+        return self.text(str(value))
+
+    def date(self, value: datetime | None) -> datetime | None:
+        """``value`` in UTC, or None when no database column can hold it."""
+        if value is None:
+            return None
+        try:
+            utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is None or not 1000 <= utc.year <= 9999:
+            self.note(f"database: date {value.isoformat()} out of range, stored as NULL")
+            return None
+        return utc
+
+    def addresses(self, addresses: list[Address]) -> list[dict[str, str | None]]:
+        """Addresses as ``[{"name": ..., "address": ...}]``."""
+        return [{"name": self.text(item.name), "address": self.text(item.address)} for item in addresses]
+
+
+def message_row(message: Message, *, store_raw: bool, received_at: datetime) -> dict[str, Any]:
+    """The ``<prefix>messages`` row for ``message`` (call ``message.load_body()`` first)."""
+    clean = Cleaner()
+    sender = message.from_
+    row: dict[str, Any] = {
+        "source": message.source,
+        "uidl": message.uidl,
+        "message_id": clean.text(message.message_id),
+        "subject": clean.text(message.subject),
+        "from_name": clean.text(sender.name) if sender else None,
+        "from_address": clean.text(sender.address) if sender else None,
+        "to": clean.addresses(message.to),
+        "cc": clean.addresses(message.cc),
+        "reply_to": clean.addresses(message.reply_to),
+        "date": clean.date(message.date),
+        "size": message.size,
+        "sha256": message.sha256,
+        "text": clean.text(message.text),
+        "html": clean.text(message.html),
+        "headers": [[clean.text(name), clean.text(value)] for name, value in message.headers],
+        "meta": clean.json(message.meta),
+        "tags": clean.json(set(message.tags)),
+        "raw": _raw_bytes(message, clean) if store_raw else None,
+        "received_at": received_at,
+    }
+    defects = [clean.text(defect) for defect in message.defects]
+    row["defects"] = defects + [note for note in clean.notes if note not in defects]
+    return row
+
+
+def _raw_bytes(message: Message, clean: Cleaner) -> bytes | None:
+    try:
+        return message.raw.read()
+    except ValueError:  # a message built without raw bytes (tests, plugins)
+        clean.note("database: the message had no raw bytes to store")
+        return None
+
+
+def attachment_rows(message: Message, *, store_content: bool) -> list[dict[str, Any]]:
+    """The ``<prefix>attachments`` rows for ``message``, without ``message_id`` (not known yet)."""
+    clean = Cleaner()
+    return [
+        {
+            "position": position,
+            "filename": clean.text(attachment.filename) or "",
+            "original_filename": clean.text(attachment.original_filename),
+            "content_type": clean.text(attachment.content_type) or "application/octet-stream",
+            "size": attachment.size,
+            "sha256": attachment.sha256,
+            "content_id": clean.text(attachment.content_id),
+            "inline": attachment.inline,
+            "content": attachment.content() if store_content else None,
+        }
+        for position, attachment in enumerate(message.attachments)
+    ]
