@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import ssl
 import json
 import logging
 import socket
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from popflow import __version__
@@ -381,8 +385,6 @@ def _two_attachments() -> list[Attachment]:
 
 
 def test_inline_attachments_up_to_max_inline(receiver: HttpReceiver, make_sink: Any) -> None:
-    import base64
-
     attachments = _two_attachments()
     sink = make_sink(receiver.url, secret=SECRET, attachments="inline", max_inline=4096)
     sink.write(make_message(attachments=attachments))
@@ -408,8 +410,6 @@ def test_large_inline_attachment_is_delivered(receiver: HttpReceiver, make_sink:
     data = bytes(range(256)) * 8192  # 2 MiB
     sink = make_sink(receiver.url, secret=SECRET, attachments="inline", max_inline="4MB")
     sink.write(make_message(attachments=[_attachment("data.bin", data)]))
-    import base64
-
     (item,) = receiver.requests[0].json()["message"]["attachments"]
     assert base64.b64decode(item["content_base64"]) == data
 
@@ -450,7 +450,7 @@ def test_verify_request_rejects_tampering_and_replays() -> None:
 # -- HTTPS -----------------------------------------------------------------------------------
 def test_https_with_ca_file_and_verification(tmp_path: Path, make_sink: Any) -> None:
     ca = trustme.CA()
-    server_context = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -568,3 +568,62 @@ def test_documented_receiver_accepts_popflow_and_rejects_forgeries(
     stale = encode_payload(build_payload(make_message(), delivery="d", timestamp=int(time.time()) - 301))
     with pytest.raises(ValueError, match="stale"):
         verify(stale, sign(SECRET, stale))
+
+
+# -- end to end: POP3 server → poller → webhook → dead letter → replay -------------------------------
+def test_end_to_end_poll_retry_dead_letter_and_replay(tmp_path: Path, receiver: HttpReceiver) -> None:
+    from popflow.app import App
+    from popflow.config import parse_config
+    from popflow.replay import replay_dead_letters
+    from popflow.testing.pop3server import POP3TestServer
+    from popflow.testing.samples import make_message as sample
+
+    with POP3TestServer([sample("first")]) as pop:
+        host, port = pop.address
+        app = App(parse_config({
+            "state": f"sqlite:///{tmp_path}/state.db", "data_dir": str(tmp_path / "data"),
+            "sources": {"support": {"host": host, "port": port, "tls": "none", "allow_insecure": True,
+                                    "username": "user", "password": "pass"}},
+            "sinks": {"hook": {"type": "webhook", "url": receiver.url, "secret": SECRET,
+                               "backoff": "10ms", "retries": 2}},
+            "routes": [{"sinks": ["hook"]}],
+        }))
+        try:
+            receiver.script(Reply(503, {"Retry-After": "0"}), Reply(200))
+            first = app.poll("support")
+            assert first.clean and first.counts.delivered == 1 and first.counts.deleted == 1
+            assert [r.reply.status for r in receiver.requests] == [503, 200]
+            assert len({r.headers["idempotency-key"] for r in receiver.requests}) == 1
+
+            pop.add(sample("second"))
+            receiver.default = Reply(410, body=b"hook removed")
+            second = app.poll("support")
+            receiver.default = Reply(200)
+            assert second.counts.dead_letters == 1 and second.counts.deleted == 1
+            assert pop.uidls() == []  # handled, so deleted from the server
+            gone_key = receiver.requests[-1].headers["idempotency-key"]
+            (row,) = app.state.dead_letters()
+            assert "410 Gone" in row["error"] and SECRET not in row["error"]
+
+            (result,) = replay_dead_letters(app)
+            assert result.ok, result.detail
+            replayed = receiver.requests[-1]
+            assert replayed.reply.status == 200 and replayed.headers["idempotency-key"] == gone_key
+            assert replayed.json()["message"]["subject"] == "second"
+        finally:
+            app.close()
+
+
+# -- property: any text a parser may produce gives valid, verifiable JSON -------------------------------
+@settings(max_examples=60, deadline=None)
+@given(subject=st.text(), text=st.text(), header=st.tuples(st.text(), st.text()),
+       meta=st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.none(), st.booleans())))
+def test_any_text_encodes_to_valid_signed_utf8_json(subject: str, text: str, header: tuple[str, str],
+                                                    meta: dict[str, Any]) -> None:
+    message = make_message(subject=subject, headers=[header], meta=meta)
+    message.text = text
+    body = encode_payload(build_payload(message, delivery="d"))
+    payload = verify_request(SECRET, body, sign(SECRET, body))
+    assert body.decode("utf-8")  # strict: always valid UTF-8
+    if not any("\ud800" <= char <= "\udfff" for char in subject):
+        assert payload["message"]["subject"] == subject
