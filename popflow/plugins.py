@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "popflow.sources.pop3",
     "popflow.sinks.folder",
     "popflow.sinks.database",
+    "popflow.sinks.webhook",
 )
 """Built-in plugins: ``module`` or ``module:Class`` (a class is instantiated once per manager)."""
 

@@ -84,7 +84,8 @@ class Poller:
         ledger = self.state.ledger_for(self.source.name)
         plan = Plan()
         keep = self.settings.keep_on_server
-        cutoff = now() - timedelta(seconds=self.settings.delete_after) if self.settings.delete_after else None
+        cutoff = (now() - timedelta(seconds=self.settings.delete_after)
+                  if self.settings.delete_after is not None else None)
         for listing in listings:
             row = ledger.get(listing.uidl)
             if row is not None and row.state in HANDLED_STATES:
