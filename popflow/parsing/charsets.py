@@ -8,6 +8,7 @@ fallback is reported as a defect so a reader knows the text may be mojibake.
 from __future__ import annotations
 
 import codecs
+import functools
 
 DETECT_SAMPLE = 32 * 1024
 """charset-normalizer only looks at this many bytes: enough to guess, and keeps the cost bounded."""
@@ -44,6 +45,7 @@ _PREFERRED_ON_TIE = ("utf-8", "cp1252", "iso8859-1", "iso8859-15", "cp1251", "ko
 _OFTEN_MISLABELLED = frozenset({"ascii", "iso8859-1", "cp1252"})
 
 
+@functools.lru_cache(maxsize=256)  # a few distinct names per message, looked up many times
 def normalize_charset(charset: str | None) -> str | None:
     """The Python codec name for a declared ``charset``, or None if it is missing or unknown."""
     if not charset:

@@ -64,8 +64,13 @@ def fill_header_fields(message: Message, raw: RawMessage, defects: list[str]) ->
     for name, value in block.fields:
         firsts.setdefault(name.lower(), value)
     message.headers = _decoded_headers(block, fallback, defects)
+    decoded: dict[str, str] = {}
+    for name, text_value in message.headers:
+        decoded.setdefault(name.lower(), text_value)
 
     def text(name: str, words: bool = True) -> str | None:
+        if words and name in decoded:
+            return decoded[name]  # already decoded for the headers list
         value = firsts.get(name)
         return None if value is None else header_text(value, _canonical(name), fallback, defects, words=words)
 

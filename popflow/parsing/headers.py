@@ -74,6 +74,8 @@ def _split_fields(block: bytes, offset: int, result: HeaderBlock, where: str) ->
     name: str | None = None
     parts: list[bytes] = []
     lines = block.split(b"\n") if b"\n" in block or b"\r" not in block else block.split(b"\r")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()  # the block ended with a line break: no empty line follows it
     for index, line in enumerate(lines):
         length = len(line) + 1
         if line.endswith(b"\r"):

@@ -102,7 +102,7 @@ def _describe(node: _Node, block: HeaderBlock, defects: list[str]) -> Part:
 def _children(data: bytes, node: _Node, part: Part, defects: list[str]) -> list[_Node] | None:
     """The child nodes of a multipart node, or None when it cannot be split."""
     if node.depth >= MAX_DEPTH:
-        defects.append(f"{node.section}: multipart nested deeper than {MAX_DEPTH} levels, not descended")
+        defects.append(f"body: multipart nested deeper than {MAX_DEPTH} levels, not descended")
         return []
     boundary = part.params.get("boundary", "")
     if not boundary:
