@@ -182,7 +182,6 @@ class Pop3Session(SourceSession):
         total = len(commands)
         window = self.config.pipeline_window if self._pipelining else 1
         sent = done = 0
-        current_body_pending = False
         try:
             while done < total:
                 if sent < total and sent - done <= window // 2:
@@ -191,14 +190,14 @@ class Pop3Session(SourceSession):
                     sent = upto
                 reply = self.wire.read_response()
                 done += 1
-                current_body_pending = multiline and reply.ok
                 yield done - 1, reply
-                current_body_pending = False
         except SourceConnectionError:
             self._broken = True
             raise
         finally:
-            if done < sent and not self._broken and not current_body_pending:
+            # Closed early: the replies still in flight must be read, or the next command would
+            # read them as its own. (A body left half-read has already marked the session broken.)
+            if done < sent and not self._broken:
                 try:
                     for _ in range(sent - done):
                         if self.wire.read_response().ok and multiline:
@@ -206,8 +205,6 @@ class Pop3Session(SourceSession):
                 except SourceConnectionError:
                     self._broken = True
                     raise
-            elif current_body_pending and done < sent:
-                self._broken = True  # the caller left a body unread: the stream is out of step
 
     def stat(self) -> tuple[int, int]:
         """``STAT``: (message count, total octets)."""

@@ -194,7 +194,7 @@ class DovecotServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
         if self._http is not None:
             self._http.shutdown()
@@ -262,6 +262,13 @@ userdb {{
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 1000
 pop3_uidl_format = %08Xu%08Xv
+
+# No per-IP auth penalty: wrong-password tests must not slow down the tests after them.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 
 service pop3-login {{
   inet_listener pop3 {{
@@ -338,6 +345,15 @@ def start_dovecot(username: str = "popflow", password: str | None = None) -> Dov
         time.sleep(0.05)
     server.stop()
     raise DovecotUnavailable(f"dovecot did not start listening; log:\n{server.log()[-2000:]}")
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaps, as under a container's init, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _accepts(port: int) -> bool:
