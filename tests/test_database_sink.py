@@ -26,7 +26,7 @@ from popflow.migrate import head_revision
 from popflow.raw import RawMessage
 from popflow.sinks import database as database_module
 from popflow.sinks.database import MIGRATIONS, DatabaseConfig, DatabaseSink
-from tests.support.databases import TestDatabase, database  # noqa: F401  (pytest fixture)
+from tests.support.databases import SERVER_URLS, TestDatabase, database, require_server  # noqa: F401
 
 PASSWORD = "s3cr3t-Pa55word"
 RAW = b"From: Ann <ann@example.com>\r\nSubject: Hello\r\n\r\nbody \xff\x00 bytes\r\n"
@@ -281,6 +281,47 @@ def test_a_refused_message_is_a_dead_letter_and_the_batch_goes_on(
     sink.commit()
     assert [row.uidl for row in rows(sink.engine, sink.tables.messages)] == ["before", "after"]
     assert count(database, "attachments") == 1
+
+
+def test_concurrent_writers_store_a_message_once(database: TestDatabase, tmp_path: Path) -> None:  # noqa: F811
+    first = make_sink(database, tmp_path, connect_timeout=0.3)
+    second = make_sink(database, tmp_path, connect_timeout=0.3)
+    first.open()
+    second.open()
+    try:
+        first.write(make_message("one"))  # first's transaction is open (and has read, on MariaDB)
+        if database.kind == "sqlite":
+            with pytest.raises(RetryableError, match="locked"):  # one writer at a time
+                second.write(make_message("two", attachments=(("b.txt", b"b"),)))
+            second.rollback()
+        else:
+            second.write(make_message("two", attachments=(("b.txt", b"b"),)))
+            second.commit()
+        # "two" is committed elsewhere but maybe not visible to first's snapshot: still stored once.
+        first.write(make_message("two", attachments=(("a.txt", b"a"),)))
+        first.commit()
+    finally:
+        first.close()
+        second.close()
+    assert count(database, "messages") == 2
+    assert count(database, "attachments") == 1
+
+
+def test_a_row_too_large_for_mariadb_is_a_dead_letter(tmp_path: Path) -> None:
+    require_server("mariadb")
+    target = TestDatabase("mariadb", SERVER_URLS["mariadb"], f"t{os.urandom(5).hex()}_")
+    sink = make_sink(target, tmp_path, store_raw=True)
+    try:
+        sink.open()
+        assert sink._max_packet is not None
+        with pytest.raises(DeadLetterError, match="max_allowed_packet"):
+            sink.write(make_message("huge", raw=b"x" * (sink._max_packet // 2 + 1)))
+        sink.write(make_message("small"))
+        sink.commit()
+        assert count(target, "messages") == 1
+    finally:
+        sink.close()
+        target.drop_tables()
 
 
 def test_unreachable_database_is_retryable(tmp_path: Path) -> None:

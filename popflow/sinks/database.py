@@ -10,6 +10,11 @@ the batch intact. A connection error (:class:`RetryableError`) loses the open tr
 sink then refuses the next commit with a RetryableError, so the batch is written again instead of
 being reported durable. Writes are idempotent on ``(source, uidl)``, so writing again is safe.
 
+MySQL/MariaDB answer a statement larger than ``max_allowed_packet`` (16 MB by default) by dropping
+the connection, which would look retryable forever; the sink refuses such a row up front with a
+DeadLetterError instead. Bytes travel as hex there, so with ``store_raw`` the largest storable
+message is about half of ``max_allowed_packet``.
+
 How text is made storable (NUL characters, invalid Unicode, impossible dates) is described in
 :mod:`popflow.sinks.db_rows`. The URL's password never appears in logs, ``describe()`` or errors.
 """
@@ -48,6 +53,8 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _SECRET_QUERY_KEYS = ("pass", "secret", "token", "key")
 _MYSQL_DUPLICATE_KEY = 1062
 _MYSQL_PACKET_TOO_LARGE = 1153
+_MYSQL_ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")  # in text, each becomes two bytes
+_STATEMENT_OVERHEAD = 64 * 1024  # column names, other values, protocol framing
 _MYSQL_CHECK_FAILED = (3819, 4025)  # MySQL, MariaDB: PyMySQL reports these as OperationalError
 _PRODUCTS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB"}
 
@@ -92,6 +99,26 @@ def safe_url(url: URL) -> str:
     return url.set(query=query).render_as_string(hide_password=True)
 
 
+def mysql_statement_size(row: dict[str, Any]) -> int:
+    """Bytes an INSERT of ``row`` takes on the MySQL wire.
+
+    PyMySQL writes values into the statement: bytes as hex (twice their size), text with quotes
+    and backslash escapes.
+    """
+    size = 0
+    for value in row.values():
+        if isinstance(value, dict | list):
+            value = _json_dumps(value)
+        if isinstance(value, bytes):
+            size += 2 * len(value) + 16
+        elif isinstance(value, str):
+            data = value.encode("utf-8")
+            size += len(data) + sum(data.count(char) for char in _MYSQL_ESCAPED) + 16
+        else:
+            size += 32
+    return size
+
+
 def _json_dumps(value: Any) -> str:
     # Values are JSON-ready already (db_rows); keep non-ASCII readable in the database.
     return json.dumps(value, ensure_ascii=False)
@@ -123,6 +150,7 @@ class DatabaseSink(Sink):
         self._connection: Connection | None = None
         self._lost_writes = 0  # writes of this batch a failed transaction took with it
         self._pending = 0
+        self._max_packet: int | None = None  # MySQL/MariaDB: the largest statement the server accepts
 
     # -- URL and engine ------------------------------------------------------------------------
     @property
@@ -217,6 +245,10 @@ class DatabaseSink(Sink):
             with self._guard("creating the schema"):
                 revision = upgrade(engine, MIGRATIONS, version_table=self.tables.version_table,
                                    parameters={"table_prefix": self.tables.prefix})
+                if engine.dialect.name in ("mysql", "mariadb"):
+                    with engine.connect() as connection:
+                        self._max_packet = int(connection.exec_driver_sql("SELECT @@max_allowed_packet")
+                                               .scalar_one())
         except DeliveryError as error:
             engine.dispose()
             # Nothing about a message here: a failure to set up is always worth retrying.
@@ -255,6 +287,8 @@ class DatabaseSink(Sink):
         row = message_row(message, store_raw=self.config.store_raw, received_at=datetime.now(UTC))
         attachments = attachment_rows(message, store_content=self.config.store_attachments)
         doing = f"writing {message.source}/{message.uidl}"
+        if self._max_packet is not None:
+            self._check_packet_size(doing, [row, *attachments])
         try:
             with self._guard(doing):
                 connection = self._transaction()
@@ -269,6 +303,17 @@ class DatabaseSink(Sink):
             self._discard_transaction()
             raise
         self._pending += 1
+
+    def _check_packet_size(self, doing: str, rows: list[dict[str, Any]]) -> None:
+        """Refuse up front a row MySQL/MariaDB would answer by dropping the connection (a retry loop)."""
+        assert self._max_packet is not None
+        for row in rows:
+            size = mysql_statement_size(row)
+            if size > self._max_packet - _STATEMENT_OVERHEAD:
+                raise DeadLetterError(
+                    f"database sink {self.name}: {doing}: a row of about {size} bytes exceeds the server's "
+                    f"max_allowed_packet ({self._max_packet} bytes); raise it on the server, or turn off "
+                    "store_raw/store_attachments")
 
     def _insert_message(self, connection: Connection, row: dict[str, Any]) -> int | None:
         """Insert the row; return its id, or None when ``(source, uidl)`` was already there."""
