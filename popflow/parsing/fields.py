@@ -37,19 +37,19 @@ _ADDRESS_FIELDS = {"to": "to", "cc": "cc", "reply-to": "reply_to"}
 
 def read_header_block(raw: RawMessage, defects: list[str]) -> HeaderBlock:
     """Split the header block at the start of ``raw``, reading no more of it than needed."""
-    head = raw.head(HEAD_READ)
-    block = split_header_block(head)
-    if not block.complete and raw.size > len(head):
-        head = raw.head(HEAD_READ_MAX)
-        block = split_header_block(head)
-        if not block.complete and raw.size > len(head):
-            # Cut at the last whole line; the rest of this giant block is not looked at.
-            block = split_header_block(head, 0, head.rfind(b"\n") + 1)
-            defects.append(f"headers: header block larger than {HEAD_READ_MAX // (1024 * 1024)} MB, "
-                           "the rest ignored")
+    for limit in (HEAD_READ, HEAD_READ_MAX):
+        head = raw.head(limit)
+        if raw.size <= len(head):
+            block = split_header_block(head)
+            if not block.complete:
+                defects.append("headers: no blank line after the headers (no body)")
             return block
-    if not block.complete:
-        defects.append("headers: no blank line after the headers (no body)")
+        # Only whole lines: a line cut by the read limit would look like the start of the body.
+        end = head.rfind(b"\n") + 1
+        block = split_header_block(head, 0, end)
+        if block.body_start < end:
+            return block
+    defects.append(f"headers: header block larger than {HEAD_READ_MAX // (1024 * 1024)} MB, the rest ignored")
     return block
 
 
