@@ -13,9 +13,15 @@ import pytest
 
 from popflow.context import RuntimeContext
 from popflow.errors import AuthenticationError, SourceConnectionError
+from popflow.raw import RawMessage
 from popflow.sources.pop3 import Pop3Config, Pop3Source
 from popflow.sources.pop3_session import Pop3Session
-from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
+from tests.support import dovecot as dovecot_support
+from tests.support.dovecot import DovecotServer
+
+# The fixtures (the server is shared by the whole session; `dovecot` empties its mailbox).
+dovecot_server = dovecot_support.dovecot_server
+dovecot = dovecot_support.dovecot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,10 +68,10 @@ def test_list_uidl_and_retrieve_are_byte_exact(dovecot: DovecotServer, tmp_path:
         assert [item.number for item in listings] == list(range(1, len(AWKWARD) + 1))
         assert all(re.fullmatch(r"[0-9A-Fa-f]{16}", item.uidl) for item in listings)
         assert len({item.uidl for item in listings}) == len(AWKWARD)
-        for listing, raw in session.retrieve_many(listings):
-            assert not isinstance(raw, Exception)
+        for listing, got in session.retrieve_many(listings):
+            assert isinstance(got, RawMessage)
             expected = crlf(stored[listing.number - 1])
-            assert raw.read() == expected
+            assert got.read() == expected
             assert listing.size == len(re.sub(rb"\r?\n", b"\r\n", stored[listing.number - 1]))
         # retrieve() one by one gives the same bytes
         assert session.retrieve(listings[0]).read() == crlf(stored[0])
@@ -131,7 +137,9 @@ def test_pipelined_and_lock_step_give_identical_bytes(dovecot: DovecotServer, tm
         with connect(dovecot, tmp_path, pipelining=pipelining, pipeline_window=4) as session:
             assert session.pipelining is pipelining
             assert "PIPELINING" in session.capabilities
-            results[pipelining] = [raw.read() for _, raw in session.retrieve_many(session.list_messages())]
+            fetched = [raw for _, raw in session.retrieve_many(session.list_messages())]
+            assert all(isinstance(raw, RawMessage) for raw in fetched)
+            results[pipelining] = [raw.read() for raw in fetched if isinstance(raw, RawMessage)]
     assert results[True] == results[False]
     assert results[True] == [crlf(m) for m in dovecot.stored()]
 
@@ -158,7 +166,7 @@ def test_large_message_is_spooled_and_byte_exact(dovecot: DovecotServer, tmp_pat
     with connect(dovecot, tmp_path) as session:
         (listing,) = session.list_messages()
         ((_, raw),) = list(session.retrieve_many([listing]))
-        assert not isinstance(raw, Exception)
+        assert isinstance(raw, RawMessage)
         assert raw.spooled
         assert raw.path is not None and raw.path.parent == tmp_path / "data" / "spool"
         assert raw.size == len(big) == listing.size

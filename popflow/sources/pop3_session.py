@@ -345,6 +345,9 @@ class Pop3Session(SourceSession):
             raise SourceConnectionError(f"{self.label}: QUIT failed ({reply.text}); "
                                         "deletions may not have been applied")
 
+    def __enter__(self) -> Pop3Session:
+        return self
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Pop3Session {self.label} {state}>"

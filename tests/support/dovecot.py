@@ -2,7 +2,10 @@
 
 Usage in a test module::
 
-    from tests.support.dovecot import dovecot, dovecot_server  # noqa: F401  (pytest fixtures)
+    from tests.support import dovecot as dovecot_support
+
+    dovecot_server = dovecot_support.dovecot_server   # pytest finds fixtures by module attribute
+    dovecot = dovecot_support.dovecot
 
     def test_something(dovecot):          # empty mailbox, server shared by the whole session
         dovecot.deliver(b"Subject: hi\\r\\n\\r\\nbody\\r\\n")
