@@ -51,6 +51,7 @@ def test_every_corpus_message_parses(manifest: list[dict[str, str]]) -> None:
             assert name and "\r" not in value and "\n" not in value and "\x00" not in value
         assert message.raw.read() == data
         message.model_dump(mode="json")  # what sinks do with it
+        assert not [d for d in message.defects if "parser error" in d or "unreadable" in d], row["dest_file"]
         if message.defects:
             with_defects.append(row["dest_file"])
     assert len(manifest) == 288
