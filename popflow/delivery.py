@@ -110,7 +110,7 @@ class Deliverer:
     def deliver_batch(self, items: list[Item], already: dict[str, set[str]]) -> None:
         """Deliver every item to each routed sink it does not have yet; results land on the items."""
         pending: dict[str, list[Item]] = defaultdict(list)
-        slow: dict[str, list[Item]] = defaultdict(list)
+        slow: dict[str, list[tuple[Item, BaseException | None]]] = defaultdict(list)
         for item in items:
             have = already.get(item.uidl, set())
             for sink_name in item.routed:
@@ -122,7 +122,7 @@ class Deliverer:
                     item.deferred.append(sink_name)
                     continue
                 if sink_name in slow:
-                    slow[sink_name].append(item)
+                    slow[sink_name].append((item, None))
                     continue
                 try:
                     runner.ensure_open()
@@ -131,8 +131,8 @@ class Deliverer:
                 except Exception as exc:
                     log.info("sink %s: write of %s failed (%s); retrying one by one", sink_name, item.uidl,
                              describe_error(exc))
-                    runner.safe_rollback()
-                    slow[sink_name] = [*pending.pop(sink_name, []), item]
+                    slow[sink_name] = self._after_fast_failure(runner, pending.pop(sink_name, []))
+                    slow[sink_name].append((item, exc))
         for sink_name, batch in pending.items():
             runner = self.runners[sink_name]
             try:
@@ -141,24 +141,52 @@ class Deliverer:
                 log.info("sink %s: commit of %d message(s) failed (%s); retrying one by one", sink_name,
                          len(batch), describe_error(exc))
                 runner.safe_rollback()
-                slow[sink_name] = batch + slow.get(sink_name, [])
+                slow[sink_name] = [(item, None) for item in batch] + slow.get(sink_name, [])
                 continue
             for item in batch:
                 self._delivered(item, sink_name)
-        for sink_name, batch in slow.items():
-            for item in batch:
-                self._deliver_one(self.runners[sink_name], item)
+        for sink_name, retry in slow.items():
+            for item, first_error in retry:
+                self._deliver_one(self.runners[sink_name], item, first_error)
+
+    def _after_fast_failure(self, runner: SinkRunner, written: list[Item]) -> list[tuple[Item, BaseException | None]]:
+        """A write failed mid-batch: keep what the sink already has, redo what a rollback loses."""
+        if runner.sink.durable_writes:
+            # Each earlier write is already visible (e.g. POSTed): never send it twice.
+            try:
+                runner.sink.commit()
+            except Exception as exc:
+                log.debug("sink %s: commit after a failed write: %s", runner.name, exc)
+            for item in written:
+                self._delivered(item, runner.name)
+            return []
+        runner.safe_rollback()
+        return [(item, None) for item in written]
 
     def _delivered(self, item: Item, sink_name: str) -> None:
         item.delivered.append(sink_name)
         notify_delivered(self.pm, item.message, sink_name)
 
-    def _deliver_one(self, runner: SinkRunner, item: Item) -> None:
-        """Write + commit one message with retries; then dead letter (and mark the sink down)."""
+    def _deliver_one(self, runner: SinkRunner, item: Item, first_error: BaseException | None = None) -> None:
+        """Write + commit one message with retries; then dead letter (and mark the sink down).
+
+        ``first_error`` is the failure of the batch's attempt, which counts as attempt 1.
+        """
         if runner.down:
             item.deferred.append(runner.name)
             return
         attempt = 0
+        if first_error is not None:
+            attempt = 1
+            if isinstance(first_error, DeadLetterError) or runner.settings.retries == 0:
+                self._dead_letter(runner, item, first_error, attempt)
+                if not isinstance(first_error, DeadLetterError):
+                    runner.down = True
+                return
+            if self.stop.wait(runner.backoff_delay(1, first_error)):
+                item.deferred.append(runner.name)
+                item.errors[runner.name] = f"stopped while retrying: {describe_error(first_error)}"
+                return
         while True:
             attempt += 1
             try:

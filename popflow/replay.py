@@ -33,11 +33,16 @@ def _rerun(app: App, row: dict[str, Any], *, scan: bool, extra_sink: str | None)
     runners = app.sink_runners()
     try:
         item = Item(row["uidl"], raw, prepared.message, sinks)
-        Deliverer(runners, pipeline, app.pm, app.context.stop).deliver_batch([item], {})
+        # Sinks that already committed this message are not written again (a webhook would repeat).
+        already = app.state.deliveries_pending(row["source"], [row["uidl"]])
+        Deliverer(runners, pipeline, app.pm, app.context.stop).deliver_batch([item], already)
     finally:
         for runner in runners.values():
             runner.close()
     outcome = item.outcome()
+    fresh = [sink for sink in outcome.delivered if sink not in already.get(row["uidl"], set())]
+    if fresh:
+        app.state.record_deliveries([(row["source"], row["uidl"], sink) for sink in fresh])
     if outcome.kind == "delivered" and not outcome.dead_lettered:
         return True, "delivered to " + ", ".join(outcome.delivered)
     return False, f"{outcome.kind}: {outcome.reason}"

@@ -218,3 +218,46 @@ def test_plugin_raising_for_one_message_does_not_stop_others(tmp_path: Path,
     assert dead[0]["stage"] == "transform" and "cannot enrich" in dead[0]["error"]
     assert app.store.path_for(dead[0]["sha256"]).exists()
     assert "ExplodingTransform" in caplog.text or "extra-0" in caplog.text
+
+
+class CountingDurableSink:
+    """A plugin adding a sink whose writes are immediately visible (like a webhook), failing one write once."""
+
+    def __init__(self, fail_on_call: int) -> None:
+        from popflow.sinks.base import Sink
+
+        outer = self
+        self.calls = 0
+        self.successes: list[str] = []
+        self.fail_on_call = fail_on_call
+
+        class Durable(Sink):
+            durable_writes = True
+
+            def write(self, message):  # type: ignore[no-untyped-def]
+                outer.calls += 1
+                if outer.calls == outer.fail_on_call:
+                    raise RetryableError("503 from the receiver", retry_after=0)
+                outer.successes.append(message.uidl)
+
+        self.sink_class = Durable
+
+    from popflow import hookimpl
+
+    @hookimpl
+    def popflow_register_sinks(self, register):  # type: ignore[no-untyped-def]
+        register("durable", self.sink_class)
+
+
+def test_failure_mid_batch_never_repeats_a_durable_write(tmp_path: Path) -> None:
+    plugin = CountingDurableSink(fail_on_call=2)
+    with POP3TestServer([sample_message(i) for i in range(3)]) as server:
+        config = write_config(tmp_path, server, sinks={"hook": {"type": "durable", "backoff": "1ms"}},
+                              routes=[{"sinks": ["hook"]}])
+        app = make_app(config, extra_plugins=[plugin])
+        report = app.poll("test")
+        app.close()
+        assert report.clean, report.line()
+        assert server.messages() == []
+    assert sorted(plugin.successes) == sorted(set(plugin.successes)) and len(plugin.successes) == 3
+    assert plugin.calls == 4  # three successes and the one failed attempt

@@ -28,6 +28,13 @@ class Sink:
     config_model: ClassVar[type[SinkSettings]] = SinkSettings
     """The pydantic model of this sink type's options (extends :class:`SinkSettings`)."""
 
+    durable_writes: ClassVar[bool] = False
+    """True when a write that returned is already durable and visible elsewhere (an HTTP POST).
+
+    The framework then never repeats a successful write of a batch because a later one failed.
+    Transactional sinks (False) may lose a batch's writes on rollback, so those are written again.
+    """
+
     def __init__(self, name: str, config: Any, context: RuntimeContext) -> None:
         self.name = name
         self.config = config

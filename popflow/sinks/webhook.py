@@ -169,6 +169,7 @@ class WebhookSink(Sink):
     """Deliver each message as a signed JSON ``POST`` (payload version 1)."""
 
     config_model = WebhookConfig
+    durable_writes = True  # a 2xx answer means the receiver has it; a POST is never taken back
     config: WebhookConfig
 
     def __init__(self, name: str, config: WebhookConfig, context: RuntimeContext) -> None:
