@@ -11,6 +11,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime
 
 DOMAIN = "demo.example"
@@ -54,6 +55,14 @@ def _base(index: int, sender: Address, to: Address, subject: str) -> EmailMessag
     return msg
 
 
+def _wire(msg: EmailMessage, index: int) -> bytes:
+    """The message as sent over SMTP (CRLF), with fixed MIME boundaries so every run is identical."""
+    for number, part in enumerate(msg.walk()):
+        if part.is_multipart():
+            part.set_boundary(f"=_demo_{index:03d}_{number}")
+    return msg.as_bytes(policy=SMTP)
+
+
 def _pdf(title: str) -> bytes:
     """A tiny PDF-looking document (enough for a content type, a size and a checksum)."""
     return (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n% " + title.encode() +
@@ -62,18 +71,19 @@ def _pdf(title: str) -> bytes:
 
 def support_request(index: int, rng: random.Random) -> bytes:
     """A customer writing to support; some attach a log or a screenshot-like CSV."""
-    customer = _CUSTOMERS[index % len(_CUSTOMERS)]
-    subject = _SUPPORT_SUBJECTS[index % len(_SUPPORT_SUBJECTS)]
+    k = index // 2  # support mail has the even indexes; k walks every customer and subject
+    customer = _CUSTOMERS[k % len(_CUSTOMERS)]
+    subject = _SUPPORT_SUBJECTS[k % len(_SUPPORT_SUBJECTS)]
     msg = _base(index, _address(customer), SUPPORT, subject)
     msg.set_content(f"Hello,\n\n{subject}. Ticket reference T-{1000 + index}.\n"
                     f"Best regards,\n{customer[0]}\n")
-    if index % 3 == 0:
+    if k % 3 == 0:
         log = "\n".join(f"2025-03-0{1 + n % 3} 10:{n:02d} ERROR code={rng.randint(100, 599)}" for n in range(8))
         msg.add_attachment(log.encode(), maintype="text", subtype="plain", filename="error-log.txt")
-    if index % 4 == 2:
+    if k % 4 == 2:
         msg.add_attachment(b"ticket;status\nT-1;open\n", maintype="text", subtype="csv",
                            filename="état des tickets.csv")  # a non-ASCII file name (RFC 2231)
-    return bytes(msg)
+    return _wire(msg, index)
 
 
 def order_confirmation(index: int, rng: random.Random) -> bytes:
@@ -87,10 +97,10 @@ def order_confirmation(index: int, rng: random.Random) -> bytes:
                         subtype="html")
     msg.add_attachment(_pdf(f"invoice {number}"), maintype="application", subtype="pdf",
                        filename=f"invoice-{number}.pdf")
-    if index % 4 == 1:
+    if index % 4 == 1:  # every other order
         csv = "product,price\n" + "".join(f"{name},{price:.2f}\n" for name, price in lines)
         msg.add_attachment(csv.encode(), maintype="text", subtype="csv", filename=f"order-{number}.csv")
-    return bytes(msg)
+    return _wire(msg, index)
 
 
 def newsletter(index: int) -> bytes:
@@ -98,7 +108,7 @@ def newsletter(index: int) -> bytes:
     msg = _base(index, Address("Demo News", "news", NEWSLETTER_DOMAIN), SUPPORT, f"This week's news #{index}")
     msg["List-Unsubscribe"] = f"<mailto:unsubscribe@{NEWSLETTER_DOMAIN}>"
     msg.set_content("Ten things you did not know about coffee.\n")
-    return bytes(msg)
+    return _wire(msg, index)
 
 
 def _headers(index: int, subject: str, extra: str = "") -> bytes:
