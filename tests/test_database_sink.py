@@ -271,12 +271,20 @@ def reject_subject(target: TestDatabase, subject: str) -> None:
         engine.dispose()
 
 
-def test_a_refused_message_is_a_dead_letter_and_the_batch_goes_on(
+def test_a_refused_message_is_a_dead_letter_and_never_half_commits_a_batch(
         sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
     reject_subject(database, "reject-me")
     sink.write(make_message("before", attachments=(("a.txt", b"a"),)))
     with pytest.raises(DeadLetterError, match="writing support/bad"):
         sink.write(make_message("bad", subject="reject-me", attachments=(("b.txt", b"b"),)))
+    with pytest.raises(RetryableError, match="write the batch again"):
+        sink.commit()
+    assert count(database, "messages") == 0
+    sink.rollback()
+    with pytest.raises(DeadLetterError):  # alone, the refused message is refused again
+        sink.write(make_message("bad", subject="reject-me"))
+    sink.commit()  # nothing else was pending
+    sink.write(make_message("before", attachments=(("a.txt", b"a"),)))
     sink.write(make_message("after"))
     sink.commit()
     assert [row.uidl for row in rows(sink.engine, sink.tables.messages)] == ["before", "after"]

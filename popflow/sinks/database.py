@@ -4,11 +4,11 @@ Works on SQLite, PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL). The schema 
 upgraded by the migrations in ``popflow/migrations`` when the sink opens.
 
 Transactions: the first :meth:`DatabaseSink.write` after a commit opens a transaction, later
-writes join it, :meth:`~DatabaseSink.commit` ends it — one transaction per batch. Each write runs
-in a savepoint, so a message the database refuses (:class:`DeadLetterError`) leaves the rest of
-the batch intact. A connection error (:class:`RetryableError`) loses the open transaction: the
-sink then refuses the next commit with a RetryableError, so the batch is written again instead of
-being reported durable. Writes are idempotent on ``(source, uidl)``, so writing again is safe.
+writes join it, :meth:`~DatabaseSink.commit` ends it — one transaction per batch, two round trips
+per message (one per table). A failed write — a message the database refuses
+(:class:`DeadLetterError`) or a connection error (:class:`RetryableError`) — ends the open
+transaction, and the next commit raises RetryableError instead of reporting the batch's earlier
+writes durable: write them again (writes are idempotent on ``(source, uidl)``, so that is safe).
 
 MySQL/MariaDB answer a statement larger than ``max_allowed_packet`` (16 MB by default) by dropping
 the connection, which would look retryable forever; the sink refuses such a row up front with a
@@ -125,7 +125,7 @@ def _json_dumps(value: Any) -> str:
 
 
 def _sqlite_transactions(engine: Engine) -> None:
-    """Let SQLAlchemy, not pysqlite, begin transactions (needed for savepoints) and enforce FKs."""
+    """Let SQLAlchemy, not pysqlite, begin transactions (a batch is one transaction) and enforce FKs."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -292,13 +292,15 @@ class DatabaseSink(Sink):
         try:
             with self._guard(doing):
                 connection = self._transaction()
-                with connection.begin_nested():
-                    message_pk = self._insert_message(connection, row)
-                    if message_pk is not None and attachments:
-                        connection.execute(insert(self.tables.attachments),
-                                           [{**item, "message_id": message_pk} for item in attachments])
-        except RetryableError:
-            self._lost_writes += self._pending + 1
+                message_pk = self._insert_message(connection, row)
+                if message_pk is not None and attachments:
+                    connection.execute(insert(self.tables.attachments),
+                                       [{**item, "message_id": message_pk} for item in attachments])
+        except DeliveryError:
+            # A failed statement aborts the transaction on PostgreSQL and may leave a message row
+            # without its attachments elsewhere: drop the batch rather than ever commit that.
+            # (No savepoint per write: it would double the round trips of every batch.)
+            self._lost_writes += self._pending
             self._pending = 0
             self._discard_transaction()
             raise
