@@ -492,7 +492,7 @@ def test_the_plugin_registers_the_database_type() -> None:
 
 
 # -- the real-mail corpus ---------------------------------------------------------------------------
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"  # beside the checkout
 
 
 def test_every_corpus_message_is_stored(database: TestDatabase, tmp_path: Path) -> None:  # noqa: F811
