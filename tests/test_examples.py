@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,3 +114,13 @@ def test_systemd_accepts_the_unit() -> None:
     # The only complaint allowed is the binary path, which exists only once popflow is installed there.
     problems = [line for line in result.stderr.splitlines() if line.strip() and "/opt/popflow/bin/popflow" not in line]
     assert problems == []
+
+
+def test_the_readme_links_and_commands_exist() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#:]+)\)", readme):  # relative links only
+        assert (EXAMPLES.parent / target).exists(), f"README links to a missing {target}"
+    commands = set(main.commands)
+    for command in re.findall(r"^\| `popflow ([a-z-]+)", readme, re.MULTILINE):
+        assert command in commands, f"README documents an unknown command {command}"
+    assert {"run", "demo", "check", "poll", "init", "plugins", "dead-letters", "quarantine"} <= commands
