@@ -408,3 +408,30 @@ def test_token_command_output_is_stripped_and_failures_are_explained(tmp_path: P
     with pytest.raises(AuthenticationError, match="printed no token"):
         run_token_command("true", "u@h")
     assert "tok-123" not in caplog.text
+
+
+def test_a_certificate_for_another_name_is_refused(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mail.example.org").configure_cert(server_context)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), server_context.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"+OK ready\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        src = plain_source(listener.getsockname()[1], tmp_path, tls="implicit", ca_file=str(ca_file),
+                           allow_insecure=False)
+        with pytest.raises(SourceConnectionError, match="certificate verify failed: IP address mismatch"):
+            src.connect()
+    finally:
+        listener.close()
