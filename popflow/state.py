@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -103,6 +104,23 @@ runs = Table(
 )
 
 HANDLED_STATES = ("handled", "deleted")
+_LEDGER_VALUE_COLUMNS = ("state", "outcome", "reason", "size", "sha256", "message_id", "handled_at", "deleted_at")
+_IN_CHUNK = 500
+"""At most this many values in one ``IN (...)`` list."""
+
+
+def _by_source(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(source, uidl) pairs → uidls by source, without duplicates, in order."""
+    grouped: dict[str, dict[str, None]] = {}
+    for source, uidl in pairs:
+        grouped.setdefault(source, {})[uidl] = None
+    return {source: list(uidls) for source, uidls in grouped.items()}
+
+
+def _chunks(values: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
+    """``values`` in slices of at most ``size``."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def now() -> datetime:
@@ -187,15 +205,14 @@ class StateStore:
     def record_handled(self, items: Iterable[HandledMessage], delivered: Iterable[tuple[str, str, str]] = ()) -> None:
         """Record messages as handled and the sinks that committed them, in one transaction."""
         stamp = now()
+        rows = [(item.source, item.uidl, {
+            "state": "handled", "outcome": item.outcome, "reason": item.reason,
+            "size": item.size, "sha256": item.sha256, "message_id": item.message_id,
+            "handled_at": stamp,
+        }) for item in items]
         with self.transaction() as connection:
-            for source, uidl, sink in delivered:
-                self._upsert_delivery(connection, source, uidl, sink, stamp)
-            for item in items:
-                self._upsert_ledger(connection, item.source, item.uidl, {
-                    "state": "handled", "outcome": item.outcome, "reason": item.reason,
-                    "size": item.size, "sha256": item.sha256, "message_id": item.message_id,
-                    "handled_at": stamp,
-                })
+            self._insert_deliveries(connection, list(delivered), stamp)
+            self._upsert_ledger_many(connection, rows)
 
     def record_deliveries(self, delivered: Iterable[tuple[str, str, str]]) -> None:
         """Record (source, uidl, sink) deliveries of messages not yet fully handled."""
@@ -250,6 +267,54 @@ class StateStore:
         )
         if updated.rowcount == 0:
             connection.execute(insert(ledger).values(source=source, uidl=uidl, first_seen_at=now(), **values))
+
+    def _upsert_ledger_many(self, connection: Connection, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """:meth:`_upsert_ledger` for a whole batch: one SELECT, then executemany UPDATE and INSERT."""
+        if not rows:
+            return
+        existing: set[tuple[str, str]] = set()
+        for source, uidls in _by_source((source, uidl) for source, uidl, _values in rows).items():
+            for chunk in _chunks(uidls):
+                found = connection.execute(
+                    select(ledger.c.uidl).where(ledger.c.source == source, ledger.c.uidl.in_(chunk)))
+                existing.update((source, row.uidl) for row in found)
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        inserts: list[dict[str, Any]] = []
+        first_seen = now()
+        for source, uidl, values in rows:
+            kept = {key: value for key, value in values.items() if value is not None or key == "reason"}
+            if (source, uidl) in existing:
+                params = {"b_source": source, "b_uidl": uidl, **{f"v_{key}": value for key, value in kept.items()}}
+                updates.setdefault(tuple(sorted(kept)), []).append(params)
+            else:
+                inserts.append({column: None for column in _LEDGER_VALUE_COLUMNS}
+                               | {"source": source, "uidl": uidl, "first_seen_at": first_seen, **kept})
+        for keys, batch in updates.items():
+            connection.execute(
+                update(ledger)
+                .where(ledger.c.source == bindparam("b_source"), ledger.c.uidl == bindparam("b_uidl"))
+                .values({key: bindparam(f"v_{key}") for key in keys}),
+                batch,
+            )
+        if inserts:
+            connection.execute(insert(ledger), inserts)
+
+    @staticmethod
+    def _insert_deliveries(connection: Connection, triples: list[tuple[str, str, str]], stamp: datetime) -> None:
+        """Record (source, uidl, sink) deliveries not recorded yet: one SELECT, one executemany INSERT."""
+        if not triples:
+            return
+        existing: set[tuple[str, str, str]] = set()
+        for source, uidls in _by_source((source, uidl) for source, uidl, _sink in triples).items():
+            for chunk in _chunks(uidls):
+                found = connection.execute(select(deliveries.c.uidl, deliveries.c.sink).where(
+                    deliveries.c.source == source, deliveries.c.uidl.in_(chunk)))
+                existing.update((source, row.uidl, row.sink) for row in found)
+        missing = list(dict.fromkeys(triple for triple in triples if triple not in existing))
+        if missing:
+            connection.execute(insert(deliveries), [
+                {"source": source, "uidl": uidl, "sink": sink, "delivered_at": stamp}
+                for source, uidl, sink in missing])
 
     @staticmethod
     def _upsert_delivery(connection: Connection, source: str, uidl: str, sink: str, stamp: datetime) -> None:
