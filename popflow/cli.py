@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -93,6 +95,7 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
             app.source(name)  # unknown names are a usage error before any work
     app.prepare_data_dir()
     reports: list[PollReport] = []
+    restore = stop_on_signals(app)
     try:
         if console.is_terminal:
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -106,9 +109,30 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
         else:
             reports = [app.poll(name) for name in names]
     finally:
+        restore()
         app.close()
     print_summary(reports)
     sys.exit(0 if all(report.clean for report in reports) else 1)
+
+
+def stop_on_signals(app: App) -> Callable[[], None]:
+    """SIGINT/SIGTERM set ``app.context.stop``: the poll finishes the message in hand and sends QUIT,
+    so the deletions it earned apply. A second signal exits at once (the ledger makes that safe).
+    Returns a function restoring the previous handlers."""
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if app.context.stop.is_set():
+            err_console.print(f"second {name}: exiting now; unfinished messages stay on the server")
+            os._exit(130)
+        err_console.print(f"{name}: finishing the message in hand, then QUIT")
+        app.context.stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return restore
 
 
 def print_summary(reports: list[PollReport]) -> None:
