@@ -26,7 +26,7 @@ introspection endpoint), ``maildir`` (the user's Maildir), ``log_path``.
 Methods: ``deliver(raw) -> str`` (drop a message into ``Maildir/new`` under a unique name; works while
 a session is running), ``count()`` (messages left on the server: files in ``new/`` + ``cur/``),
 ``stored()`` (the stored bytes of every message, in delivery order), ``reset()`` (empty the
-mailbox), ``log()`` (the server log), ``stop()``.
+mailbox), ``log()`` (the server log), ``stop()`` (also deletes the instance's directory).
 
 Also offered by the server: USER/PASS, APOP (timestamp in the greeting), SASL PLAIN and LOGIN,
 PIPELINING, UIDL (format ``%08Xu%08Xv``), TOP. ``auth_failure_delay`` is 0, so wrong-password tests
@@ -190,8 +190,11 @@ class DovecotServer:
         except (OSError, ValueError):
             return None
 
-    def stop(self) -> None:
-        """Stop this instance (SIGTERM to its own master PID) and the introspection endpoint."""
+    def stop(self, remove: bool = True) -> None:
+        """Stop this instance (SIGTERM to its own master PID) and the introspection endpoint.
+
+        ``remove`` (the default) also deletes its directory (config, certificates, Maildir, log).
+        """
         pid = self.master_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -203,6 +206,8 @@ class DovecotServer:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _write_config(root: Path, *, port: int, tls_port: int, http_port: int, user: pwd.struct_passwd,
@@ -339,15 +344,17 @@ def start_dovecot(username: str = "popflow", password: str | None = None) -> Dov
         code = subprocess.run([binary, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=out,
                               stderr=subprocess.STDOUT, check=False).returncode
     if code != 0:
+        output = startup_log.read_text(errors="replace").strip()
         server.stop()
-        raise DovecotUnavailable(f"dovecot exited {code}: {startup_log.read_text(errors='replace').strip()}")
+        raise DovecotUnavailable(f"dovecot exited {code}: {output}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if server.master_pid() is not None and _accepts(port) and _accepts(tls_port):
             return server
         time.sleep(0.05)
+    log_tail = server.log()[-2000:]
     server.stop()
-    raise DovecotUnavailable(f"dovecot did not start listening; log:\n{server.log()[-2000:]}")
+    raise DovecotUnavailable(f"dovecot did not start listening; log:\n{log_tail}")
 
 
 def _alive(pid: int) -> bool:
@@ -388,7 +395,6 @@ def _stop_shared() -> None:
     global _SERVER
     if _SERVER is not None:
         _SERVER.stop()
-        shutil.rmtree(_SERVER.root, ignore_errors=True)
         _SERVER = None
 
 
