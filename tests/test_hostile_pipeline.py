@@ -29,7 +29,7 @@ from popflow.testing import POP3TestServer
 from popflow.testing.mailbox import to_wire
 from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
 from tests.support.killing import pop3_source, write_yaml_config
-from tests.support.pipeline import make_app, maildir_files, write_config
+from tests.support.pipeline import maildir_files, make_app, write_config
 
 pytestmark = pytest.mark.timeout(180)
 
