@@ -12,7 +12,9 @@ interrupted attempt is simply redone on retry. Every file goes through a temp fi
 Both layouts name files after a hash of ``(source, uidl)``, which makes them idempotent: writing a
 message the folder already holds changes nothing. Directory fsyncs are deferred to
 :meth:`FolderSink.commit` (group commit); ``group_commit: true`` also defers the Maildir file
-fsyncs, keeping a batch in ``tmp/`` until ``commit()`` syncs it and moves it into ``new/``.
+fsyncs, keeping a batch in ``tmp/`` until ``commit()`` has it on disk and moves it into ``new/``; its
+files are written and fsynced by a small thread pool meanwhile, so the fsyncs overlap each other
+and the fetching and parsing of the next messages.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -41,8 +44,8 @@ from popflow.message import Message
 from popflow.safenames import safe_filename, unique_name
 from popflow.sinks.base import Sink
 
-SYNC_THREADS = 16
-"""Group commit: at most this many fsyncs in flight at once."""
+WRITE_THREADS = 16
+"""Group commit: at most this many files being written and fsynced at once."""
 STALE_TMP_SECONDS = 36 * 3600
 """Files older than this in a Maildir's ``tmp/`` are leftovers of a crash (Maildir convention)."""
 
@@ -96,7 +99,8 @@ class FolderSink(Sink):
         self.root = context.resolve(config.path)
         self._opened = False
         self._known: set[str] = set()  # maildir: keys already in new/ or cur/
-        self._pending: list[tuple[Path, Path, str]] = []  # group commit: (tmp, final, key)
+        self._pending: list[_Pending] = []  # group commit: written (and fsynced) in the background
+        self._pool: ThreadPoolExecutor | None = None
         self._dirty_dirs: set[Path] = set()  # directories to fsync at commit()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -125,10 +129,13 @@ class FolderSink(Sink):
         """Make every write since the last commit durable (and, with group commit, visible)."""
         pending, self._pending = self._pending, []
         try:
-            self._sync_files([tmp for tmp, _final, _key in pending])
-            for tmp, final, _key in pending:
-                with self._os_errors("move into new/", final):
-                    os.rename(tmp, final)
+            # Every file must be complete and on disk before the first rename: wait for all writes.
+            errors = [error for item in pending if (error := _wait(item.done)) is not None]
+            if errors:
+                raise errors[0]
+            for item in pending:
+                with self._os_errors("move into new/", item.final):
+                    os.rename(item.tmp, item.final)
             if pending:
                 self._dirty_dirs.update({self.root / "tmp", self.root / "new"})
             # One fsync per directory for the whole batch: this is what group commit saves.
@@ -136,20 +143,24 @@ class FolderSink(Sink):
                 self._sync_dir(directory)
         except BaseException:
             # Whatever was not published stays pending so rollback() can clean it up.
-            self._pending = [item for item in pending if item[0].exists()] + self._pending
+            self._pending = [item for item in pending if item.tmp.exists()] + self._pending
             raise
         self._dirty_dirs.clear()
 
     def rollback(self) -> None:
         """Drop unpublished group-commit writes; files already in ``new/`` are complete and stay."""
         pending, self._pending = self._pending, []
-        for tmp, _final, key in pending:
-            self._known.discard(key)
-            tmp.unlink(missing_ok=True)
+        for item in pending:
+            _wait(item.done)  # a write still running would recreate the file after the unlink
+            self._known.discard(item.key)
+            item.tmp.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Forget the index; writes never committed are rolled back."""
         self.rollback()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._opened = False
         self._known.clear()
 
@@ -180,12 +191,18 @@ class FolderSink(Sink):
         final = self.root / "new" / f"{key}{MAILDIR_SUFFIX}"
         # Unique in tmp/ even across processes and retries: time, pid, counter (Maildir style).
         tmp = self.root / "tmp" / f"{time.time_ns()}.P{os.getpid()}Q{next(_counter)}.{key}"
-        deferred = self.config.group_commit
-        self._write_file(tmp, message.raw.iter_chunks(), sync=not deferred, in_place=True)
-        self._known.add(key)
-        if deferred:
-            self._pending.append((tmp, final, key))
+        if self.config.group_commit:
+            # Written and fsynced by a worker thread while the next messages are fetched and
+            # parsed; commit() waits for every write before it publishes the batch. Concurrent
+            # fsyncs share journal commits, so a batch costs a few disk flushes, not one per file.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="popflow-maildir")
+            done = self._pool.submit(self._write_file, tmp, message.raw.iter_chunks(), in_place=True)
+            self._known.add(key)
+            self._pending.append(_Pending(tmp, final, key, done))
             return
+        self._write_file(tmp, message.raw.iter_chunks(), in_place=True)
+        self._known.add(key)
         try:
             with self._os_errors("move into new/", final):
                 os.rename(tmp, final)
@@ -290,28 +307,6 @@ class FolderSink(Sink):
             temp.unlink(missing_ok=True)
             raise
 
-    def _sync_file(self, path: Path) -> None:
-        if not self.config.fsync:
-            return
-        with self._os_errors("sync", path):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def _sync_files(self, paths: list[Path]) -> None:
-        """fsync every file, several at a time: the filesystem folds concurrent fsyncs into fewer
-        journal commits, so a batch costs a few disk flushes instead of one per file."""
-        if not self.config.fsync or not paths:
-            return
-        if len(paths) == 1:
-            self._sync_file(paths[0])
-            return
-        with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(paths))) as pool:
-            # list() re-raises the first failure (as a RetryableError) after every fsync has run.
-            list(pool.map(self._sync_file, paths))
-
     def _sync_dir(self, path: Path) -> None:
         """Flush a directory's entries (renames and new files) to disk."""
         if not self.config.fsync:
@@ -354,6 +349,25 @@ class FolderSink(Sink):
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise RetryableError(f"folder sink {self.name!r}: cannot {action} {path}: {reason}") from exc
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A group-commit write: its temp file in ``tmp/``, its name in ``new/``, and the running write."""
+
+    tmp: Path
+    final: Path
+    key: str
+    done: Future[None]
+
+
+def _wait(done: Future[None]) -> BaseException | None:
+    """Wait for a background write; its exception, or None when it succeeded."""
+    try:
+        done.result()
+    except BaseException as exc:
+        return exc
+    return None
 
 
 def _utc(moment: datetime) -> datetime:
