@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
+
+# Alembic is imported where it is used: importing it costs ~0.1-0.2 s of start-up, which every
+# `popflow poll` paid just because the database sink's module was registered.
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 _PARAMETERS = "popflow.parameters"
 _VERSION_TABLE = "popflow.version_table"
@@ -33,6 +34,8 @@ _CONNECTION = "connection"
 
 def _config(script_location: str | Path, version_table: str, parameters: Mapping[str, Any],
             connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     # No ini file: everything env.py needs travels in ``attributes``.
     config = Config()
     config.set_main_option("script_location", str(script_location))
@@ -45,12 +48,16 @@ def _config(script_location: str | Path, version_table: str, parameters: Mapping
 
 def head_revision(script_location: str | Path) -> str | None:
     """The head revision of a script directory (``package:path`` or a filesystem path)."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_config(script_location, "alembic_version", {}))
     return script.get_current_head()
 
 
 def current_revision(connection: Connection, version_table: str) -> str | None:
     """The revision a database is at, or None when the schema has never been created."""
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": version_table})
     return context.get_current_revision()
 
@@ -62,6 +69,8 @@ def upgrade(engine: Engine, script_location: str | Path, *, version_table: str,
     ``script_location`` is ``"package:folder"`` (e.g. ``"popflow:migrations"``) or a path.
     Running it again at head changes nothing.
     """
+    from alembic import command
+
     with engine.begin() as connection:
         command.upgrade(_config(script_location, version_table, parameters or {}, connection), revision)
     with engine.connect() as connection:
