@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # Plugin packages under plugins/ are type-checked too (the core's mypy config names only popflow).
-PLUGIN_PACKAGES := $(wildcard plugins/*/popflow_*)
+PLUGIN_PACKAGES := $(patsubst %/__init__.py,%,$(wildcard plugins/*/popflow_*/__init__.py))
 
 .PHONY: test setup setup-test-env lint typecheck pytest demo bench clean
 
