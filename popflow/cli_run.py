@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -115,17 +117,33 @@ def _print_demo(result: DemoResult) -> None:
                   f"{result.folder_files} .eml, {result.attachment_files} attachments")
     console.print(sinks)
     d, cfg = result.directory, result.config
+    exe = _popflow_command()
+    width = len(exe) + 20
     console.print(f"""
 [bold]Where to look[/]
   config        {cfg}
   folder sink   {d / 'mail'}/demo/<yyyy>/<mm>/<id>.eml, <id>.json and <id>/<attachments>
   database      sqlite3 {d / 'orders.db'} 'select subject, meta from popflow_messages'
-  dead letters  popflow dead-letters list -c {cfg}
+  dead letters  {exe} dead-letters list -c {cfg}
   the plugin    {d / 'plugins' / 'demo_transform.py'}
 
 [bold]Your own mailbox next[/]
-  popflow init                  write a commented ./popflow.yaml
-  popflow check --connect       validate it and log in to each source and sink
-  popflow poll                  one poll, with a summary table
-  popflow run                   poll on schedule until Ctrl-C / SIGTERM
+  {f"{exe} init":<{width}}write a commented ./popflow.yaml
+  {f"{exe} check --connect":<{width}}validate it and log in to each source and sink
+  {f"{exe} poll":<{width}}one poll, with a summary table
+  {f"{exe} run":<{width}}poll on schedule until Ctrl-C / SIGTERM
 (Running the demo again clears {d} and starts over.)""", highlight=False, soft_wrap=True)
+
+
+def _popflow_command() -> str:
+    """How the user can call popflow again: plain ``popflow`` when it is on PATH, else its path."""
+    running = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("popflow")
+    if on_path and Path(on_path).resolve() == running:
+        return "popflow"
+    if running.name == "popflow" and running.exists():
+        try:
+            return str(running.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(running)
+    return "popflow"
