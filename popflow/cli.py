@@ -24,6 +24,7 @@ from popflow.config import DEFAULT_CONFIG_NAME, load_config
 from popflow.errors import ConfigError, PluginLoadError
 from popflow.logs import setup_logging
 from popflow.poller import PollReport
+from popflow.state import StateStoreError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -59,6 +60,11 @@ def load_app(ctx: click.Context, config_path: Path | None) -> App:
         config = load_config(config_path)
         setup_logging(ctx.obj.get("log_level") or config.log_level)
         app = App(config, plugins_dirs=ctx.obj.get("plugins_dirs", ()))
+    try:
+        _ = app.state  # open (and migrate) the state store now: a clear error instead of a traceback later
+    except StateStoreError as exc:
+        app.close()
+        fail(str(exc), status=1)
     return app
 
 

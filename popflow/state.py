@@ -21,6 +21,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -31,17 +32,40 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from popflow import migrate
+from popflow.errors import PopflowError
 
 metadata = MetaData()
 
+SCHEMA_LOCATION = "popflow:state_migrations"
+SCHEMA_HEAD = "s0001"
+"""The newest state-store migration; a store at this revision is used without loading Alembic."""
+VERSION_TABLE = "popflow_state_version"
+
+
+def _key() -> String:
+    # Byte-wise comparison on MySQL/MariaDB: UIDLs are case-sensitive (see the migration).
+    return String(190).with_variant(
+        mysql.VARCHAR(190, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
+def _id() -> BigInteger:
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
 ledger = Table(
     "popflow_ledger", metadata,
-    Column("source", String(190), primary_key=True),
-    Column("uidl", String(190), primary_key=True),
+    Column("source", _key(), primary_key=True),
+    Column("uidl", _key(), primary_key=True),
     Column("state", String(16), nullable=False),  # handled | deleted | skipped | deferred
     Column("outcome", String(32)),  # delivered | dropped | quarantined | dead_letter | no_route | skipped
     Column("reason", Text),
@@ -55,18 +79,18 @@ ledger = Table(
 
 deliveries = Table(
     "popflow_deliveries", metadata,
-    Column("source", String(190), primary_key=True),
-    Column("uidl", String(190), primary_key=True),
-    Column("sink", String(190), primary_key=True),
+    Column("source", _key(), primary_key=True),
+    Column("uidl", _key(), primary_key=True),
+    Column("sink", _key(), primary_key=True),
     Column("delivered_at", DateTime(timezone=True), nullable=False),
 )
 
 dead_letters = Table(
     "popflow_dead_letters", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(190), nullable=False),
-    Column("uidl", String(190), nullable=False),
-    Column("sink", String(190)),  # None: the message failed before delivery (parse/transform/route)
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("source", _key(), nullable=False),
+    Column("uidl", _key(), nullable=False),
+    Column("sink", _key()),  # None: the message failed before delivery (parse/transform/route)
     Column("stage", String(64), nullable=False),
     Column("error", Text, nullable=False),
     Column("attempts", Integer, nullable=False, default=1),
@@ -76,13 +100,15 @@ dead_letters = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("replayed_at", DateTime(timezone=True)),
     Column("status", String(16), nullable=False, default="pending"),  # pending | replayed
+    Index("popflow_dead_letters_status", "status"),
+    Index("popflow_dead_letters_sha256", "sha256"),
 )
 
 quarantine = Table(
     "popflow_quarantine", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(190), nullable=False),
-    Column("uidl", String(190), nullable=False),
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("source", _key(), nullable=False),
+    Column("uidl", _key(), nullable=False),
     Column("verdicts", JSON, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", BigInteger),
@@ -90,12 +116,14 @@ quarantine = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True)),
     Column("status", String(16), nullable=False, default="held"),  # held | released
+    Index("popflow_quarantine_status", "status"),
+    Index("popflow_quarantine_sha256", "sha256"),
 )
 
 runs = Table(
     "popflow_runs", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(190), nullable=False),
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("source", _key(), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("status", String(16)),
@@ -104,6 +132,10 @@ runs = Table(
 )
 
 HANDLED_STATES = ("handled", "deleted")
+
+
+class StateStoreError(PopflowError):
+    """The state store cannot be opened (unreachable database, no permission); no secrets in the text."""
 _LEDGER_VALUE_COLUMNS = ("state", "outcome", "reason", "size", "sha256", "message_id", "handled_at", "deleted_at")
 _IN_CHUNK = 500
 """At most this many values in one ``IN (...)`` list."""
@@ -176,10 +208,27 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = make_url(url)
-        self.engine = create_engine(url, future=True, pool_pre_ping=True)
+        if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        self.shown_url = parsed.render_as_string(hide_password=True)
+        self.engine = create_engine(parsed, future=True, pool_pre_ping=True)
         if parsed.get_backend_name() == "sqlite":
             _sqlite_pragmas(self.engine)
-        metadata.create_all(self.engine)
+        try:
+            self._ensure_schema()
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+            raise StateStoreError(f"cannot open the state store {self.shown_url}: {reason}") from None
+
+    def _ensure_schema(self) -> None:
+        """Bring the schema to the newest migration; cheap (no Alembic import) when it already is."""
+        with self.engine.connect() as connection:
+            if inspect(connection).has_table(VERSION_TABLE):
+                version = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+                if version == SCHEMA_HEAD:
+                    return
+        migrate.upgrade(self.engine, SCHEMA_LOCATION, version_table=VERSION_TABLE)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -1,0 +1,1 @@
+"""Alembic script directory of popflow's state store (ledger, deliveries, dead letters, quarantine, runs)."""
