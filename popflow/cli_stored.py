@@ -50,9 +50,13 @@ def _print_results(results: list[ReplayResult]) -> None:
                       highlight=False)
 
 
-@main.group("dead-letters")
-def dead_letters() -> None:
-    """Messages whose delivery failed: list, show, replay, purge."""
+@main.group("dead-letters", invoke_without_command=True)
+@config_option
+@click.pass_context
+def dead_letters(ctx: click.Context, config_path: Path | None) -> None:
+    """Messages whose delivery failed: list (the default), show, replay, purge."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(dl_list, config_path=config_path, show_all=False)
 
 
 @dead_letters.command("list")
@@ -63,6 +67,10 @@ def dl_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> Non
     """List pending dead letters."""
     app = load_app(ctx, config_path)
     rows = app.state.dead_letters(status=None if show_all else "pending")
+    if not rows:
+        console.print("no dead letters" if show_all else "no pending dead letters")
+        app.close()
+        return
     console.print(_rows_table("dead letters", rows, ["id", "source", "uidl", "sink", "stage", "error", "attempts",
                                                       "subject", "created_at", "status"]))
     app.close()
@@ -108,9 +116,13 @@ def dl_purge(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...])
     sys.exit(0 if all(r.ok for r in results) else 1)
 
 
-@main.group("quarantine")
-def quarantine() -> None:
-    """Messages held by the virus scan: list, show, release, purge."""
+@main.group("quarantine", invoke_without_command=True)
+@config_option
+@click.pass_context
+def quarantine(ctx: click.Context, config_path: Path | None) -> None:
+    """Messages held by the virus scan: list (the default), show, release, purge."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(q_list, config_path=config_path, show_all=False)
 
 
 @quarantine.command("list")
@@ -121,6 +133,10 @@ def q_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> None
     """List quarantined messages."""
     app = load_app(ctx, config_path)
     rows = app.state.quarantined(status=None if show_all else "held")
+    if not rows:
+        console.print("nothing in quarantine" if show_all else "nothing held in quarantine")
+        app.close()
+        return
     console.print(_rows_table("quarantine", rows, ["id", "source", "uidl", "verdicts", "subject", "size",
                                                     "created_at", "status"]))
     app.close()
