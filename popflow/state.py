@@ -385,29 +385,16 @@ class StateStore:
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def dead_letters(self, ids: Iterable[int] | None = None, status: str | None = "pending") -> list[dict[str, Any]]:
-        """Dead letters, newest last; all pending ones when ``ids`` is None."""
-        query = select(dead_letters).order_by(dead_letters.c.id)
-        if ids is not None:
-            query = query.where(dead_letters.c.id.in_(list(ids)))
-        elif status is not None:
-            query = query.where(dead_letters.c.status == status)
-        with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+        """Dead letters, oldest first; all pending ones when ``ids`` is None."""
+        return self._entries(dead_letters, ids, status)
 
     def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
         """Mark a dead letter as delivered by a replay."""
-        with self.transaction() as connection:
-            connection.execute(update(dead_letters).where(dead_letters.c.id == dead_letter_id)
-                               .values(status="replayed", replayed_at=now()))
+        self._mark(dead_letters, dead_letter_id, status="replayed", replayed_at=now())
 
     def purge_dead_letter(self, dead_letter_id: int) -> str | None:
         """Remove a dead letter; returns its sha256 (so the caller can drop unreferenced raw files)."""
-        with self.transaction() as connection:
-            row = connection.execute(select(dead_letters.c.sha256).where(dead_letters.c.id == dead_letter_id)).first()
-            if row is None:
-                return None
-            connection.execute(delete(dead_letters).where(dead_letters.c.id == dead_letter_id))
-            return str(row.sha256)
+        return self._purge(dead_letters, dead_letter_id)
 
     # -- quarantine --------------------------------------------------------------------------
     def add_quarantined(self, *, source: str, uidl: str, verdicts: list[dict[str, Any]], sha256: str,
@@ -420,28 +407,37 @@ class StateStore:
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def quarantined(self, ids: Iterable[int] | None = None, status: str | None = "held") -> list[dict[str, Any]]:
-        """Quarantine entries, oldest first."""
-        query = select(quarantine).order_by(quarantine.c.id)
-        if ids is not None:
-            query = query.where(quarantine.c.id.in_(list(ids)))
-        elif status is not None:
-            query = query.where(quarantine.c.status == status)
-        with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+        """Quarantine entries, oldest first; all held ones when ``ids`` is None."""
+        return self._entries(quarantine, ids, status)
 
     def mark_released(self, quarantine_id: int) -> None:
         """Mark a quarantine entry as released and delivered."""
-        with self.transaction() as connection:
-            connection.execute(update(quarantine).where(quarantine.c.id == quarantine_id)
-                               .values(status="released", released_at=now()))
+        self._mark(quarantine, quarantine_id, status="released", released_at=now())
 
     def purge_quarantined(self, quarantine_id: int) -> str | None:
         """Remove a quarantine entry; returns its sha256."""
+        return self._purge(quarantine, quarantine_id)
+
+    # Dead letters and quarantine entries share their shape: id, sha256 of the stored bytes, status.
+    def _entries(self, table: Table, ids: Iterable[int] | None, status: str | None) -> list[dict[str, Any]]:
+        query = select(table).order_by(table.c.id)
+        if ids is not None:
+            query = query.where(table.c.id.in_(list(ids)))
+        elif status is not None:
+            query = query.where(table.c.status == status)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def _mark(self, table: Table, entry_id: int, **values: Any) -> None:
         with self.transaction() as connection:
-            row = connection.execute(select(quarantine.c.sha256).where(quarantine.c.id == quarantine_id)).first()
+            connection.execute(update(table).where(table.c.id == entry_id).values(**values))
+
+    def _purge(self, table: Table, entry_id: int) -> str | None:
+        with self.transaction() as connection:
+            row = connection.execute(select(table.c.sha256).where(table.c.id == entry_id)).first()
             if row is None:
                 return None
-            connection.execute(delete(quarantine).where(quarantine.c.id == quarantine_id))
+            connection.execute(delete(table).where(table.c.id == entry_id))
             return str(row.sha256)
 
     def sha256_referenced(self, sha256: str) -> bool:
