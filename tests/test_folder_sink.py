@@ -171,6 +171,41 @@ def test_group_commit_publishes_only_at_commit(tmp_path: Path) -> None:
     assert list((root / "tmp").iterdir()) == []
 
 
+def test_group_commit_flushes_a_batch_with_one_syncfs_before_any_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if folder_module._SYNCFS is None:
+        pytest.skip("no syncfs(2) on this platform: group commit uses background fsyncs")
+    events: list[str] = []
+    real_syncfs, real_fsync, real_rename = folder_module._SYNCFS, os.fsync, os.rename
+
+    def syncfs(fd: int) -> None:
+        events.append("syncfs")
+        real_syncfs(fd)
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def rename(src: Any, dst: Any) -> None:
+        events.append("rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(folder_module, "_SYNCFS", syncfs)
+    monkeypatch.setattr(folder_module.os, "fsync", fsync)
+    monkeypatch.setattr(folder_module.os, "rename", rename)
+    sink = make_sink(tmp_path, group_commit=True)
+    sink.open()
+    events.clear()
+    for index in range(20):
+        sink.write(make_message(uidl=f"U{index}"))
+    assert events == []  # nothing flushed per message
+    sink.commit()
+    assert events[0] == "syncfs" and events.count("syncfs") == 1  # every byte on disk before the first rename
+    assert events[1:21] == ["rename"] * 20
+    assert "fsync" in events[21:]  # then the directory entries
+    assert len(list((tmp_path / "mail" / "new").iterdir())) == 20
+
+
 def test_group_commit_rollback_forgets_the_batch(tmp_path: Path) -> None:
     sink = make_sink(tmp_path, group_commit=True)
     sink.write(make_message(uidl="U1"))
