@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from popflow.parsing.charsets import detect, normalize_charset
 from popflow.parsing.encoded_words import decode_words
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_LF_BLANK_LINE = re.compile(rb"\n\r?\n")
 # Printable ASCII but ":" makes a field name; "Name :" (obsolete syntax) is accepted too.
 _FIELD_START = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# One whole field: its first line and any continuation lines. When these matches tile a block
+# exactly (nearly every real block), no per-line Python loop is needed; anything else (a body
+# line, an mbox "From " line, CR-only line ends, a stray continuation) takes the line loop.
+_WHOLE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
+_WHOLE_FIELDS = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*(?:\n|\Z))*")
 _WORD_CHARSET = re.compile(rb"=\?([A-Za-z0-9_.:-]{1,40})(?:\*[^?]*)?\?[qQbB]\?")
 _UNSAFE_IN_VALUE = {ord("\x00"): "\ufffd", ord("\r"): " ", ord("\n"): " "}
 
@@ -60,14 +65,48 @@ def split_header_block(data: bytes, start: int = 0, end: int | None = None, *,
     if first_bytes == b"\r\n":
         result.body_start = start + 2
         return result
-    found = _BLANK_LINE.search(data, start, stop)
+    found = _blank_line(data, start, stop)
     if found is not None:
-        block_end, result.body_start = found.start(), found.end()
+        block_end, result.body_start = found
     else:
         block_end = stop
         result.complete = False
-    _split_fields(bytes(data[start:block_end]), start, result, where)
+    block = bytes(data[start:block_end])
+    if not _split_whole_fields(block, result):
+        _split_fields(block, start, result, where)
     return result
+
+
+def _blank_line(data: bytes, start: int, stop: int) -> tuple[int, int] | None:
+    """``(start, end)`` of the first ``\\r?\\n\\r?\\n`` in ``data[start:stop]``, or None.
+
+    The regex starts with a literal LF, which the engine scans for quickly; ``\\r?\\n\\r?\\n`` has
+    no literal prefix and was tried at every position of the block (28 us on a 1.7 KB block).
+    """
+    found = _LF_BLANK_LINE.search(data, start, stop)
+    if found is None:
+        return None
+    first = found.start()
+    # A CR before the first LF belongs to the separator (the leading "\r?").
+    return (first - 1 if first > start and data[first - 1:first] == b"\r" else first), found.end()
+
+
+def _split_whole_fields(block: bytes, result: HeaderBlock) -> bool:
+    """Split ``block`` with one regex match per field; False (nothing added) unless they tile it."""
+    if (b"\n" not in block and b"\r" in block) or _WHOLE_FIELDS.fullmatch(block) is None:
+        return False  # CR-only line ends, or a line the fields do not explain
+    fields = result.fields
+    if b"\r" in block:
+        for name, value in _WHOLE_FIELD.findall(block):
+            value = value.replace(b"\r\n", b"\n")  # each line loses one trailing CR, as in the loop
+            if value.endswith(b"\r"):
+                value = value[:-1]
+            fields.append((name.decode("ascii"), value.replace(b"\n", b"")))
+    else:
+        for name, value in _WHOLE_FIELD.findall(block):
+            # Unfolding: continuation lines keep their leading white space.
+            fields.append((name.decode("ascii"), value.replace(b"\n", b"")))
+    return True
 
 
 def _split_fields(block: bytes, offset: int, result: HeaderBlock, where: str) -> None:
