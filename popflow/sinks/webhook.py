@@ -22,9 +22,8 @@ import ssl
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from popflow import __version__
@@ -43,6 +42,11 @@ from popflow.sinks.webhook_payload import (
     encode_payload,
     sign,
 )
+
+# httpx is imported where it is used (~30 ms of start-up): every `popflow poll` registers this
+# sink type, but only a configured webhook sink needs the HTTP client.
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,8 @@ class WebhookConfig(SinkSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # The message never repeats the URL: it may carry a token.
+        import httpx
+
         try:
             url = httpx.URL(value)
         except (httpx.InvalidURL, TypeError, ValueError):
@@ -106,6 +112,8 @@ class WebhookConfig(SinkSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> WebhookConfig:
+        import httpx
+
         if self.timeout <= 0:
             raise ValueError("'timeout' must be longer than 0s")
         # httpx turns user:password@ into an Authorization header that silently replaces ours.
@@ -137,6 +145,8 @@ def parse_retry_after(value: str | None, *, cap: float, now: datetime | None = N
 
 def display_url(url: str) -> str:
     """The URL without credentials or query string, safe for logs and errors."""
+    import httpx
+
     parsed = httpx.URL(url)
     port = f":{parsed.port}" if parsed.port is not None else ""
     host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
@@ -147,6 +157,8 @@ class _RedactHttpxUrls(logging.Filter):
     """Strip credentials and query strings from the URL in httpx's own "HTTP Request" log line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        import httpx
+
         args = record.args
         if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], httpx.URL):
             record.args = (args[0], display_url(str(args[1])), *args[2:])
@@ -180,6 +192,8 @@ class WebhookSink(Sink):
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
         """Create the pooled HTTP client and warn about unsafe settings."""
+        import httpx
+
         if self._client is not None:
             return
         config = self.config
@@ -203,6 +217,8 @@ class WebhookSink(Sink):
         )
 
     def _tls_context(self) -> ssl.SSLContext | bool:
+        import httpx
+
         if not self.config.tls_verify:
             return False
         context = httpx.create_ssl_context()
@@ -246,6 +262,8 @@ class WebhookSink(Sink):
 
     def _send(self, method: str, body: bytes | None, headers: dict[str, str], label: str) -> int:
         """Make one request and classify its outcome; returns the 2xx status."""
+        import httpx
+
         assert self._client is not None
         try:
             with self._client.stream(method, self.config.url, content=body, headers=headers) as response:
@@ -275,6 +293,8 @@ class WebhookSink(Sink):
 
     def _read_snippet(self, response: httpx.Response) -> str:
         """The start of the answer's body, for error messages; never fails, never reads it all."""
+        import httpx
+
         if 200 <= response.status_code < 300:
             # Delivered once the status is in; drain a little so the connection can be reused.
             try:
@@ -298,6 +318,8 @@ class WebhookSink(Sink):
         return self._scrub(text)
 
     def _secrets(self) -> Iterable[str]:
+        import httpx
+
         if self.config.secret is not None:
             yield self.config.secret.get_secret_value()
         for value in self.config.headers.values():
