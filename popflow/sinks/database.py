@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr, field_validator
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
 from popflow import hookimpl
@@ -322,6 +321,8 @@ class DatabaseSink(Sink):
         table = self.tables.messages
         dialect = connection.dialect.name
         if dialect in ("postgresql", "sqlite"):
+            from sqlalchemy.dialects import postgresql, sqlite  # not at import: see json_type()
+
             dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = (dialect_insert(table).values(**row)
                          .on_conflict_do_nothing(index_elements=["source", "uidl"]).returning(table.c.id))
