@@ -9,8 +9,7 @@ the MIME body is parsed on first access to ``text``, ``html`` or ``attachments``
 from __future__ import annotations
 
 from popflow.hookspecs import hookimpl
-from popflow.message import Message
-from popflow.parsing.body import parse_body
+from popflow.message import Body, Message
 from popflow.parsing.defects import finish_defects
 from popflow.parsing.fields import fill_header_fields
 from popflow.raw import RawMessage
@@ -29,8 +28,16 @@ def parse_message(raw: RawMessage, source: str = "") -> Message:
     except Exception as exc:
         defects.append(f"headers: parser error ({type(exc).__name__}), headers left unparsed")
     message.defects = finish_defects(defects)
-    message.set_body_loader(lambda: parse_body(raw))
+    message.set_body_loader(lambda: _parse_body(raw))
     return message
+
+
+def _parse_body(raw: RawMessage) -> Body:
+    # The MIME body parser (and the charset detection it pulls in) is imported on the first body
+    # access, not at start-up: a header-only pipeline never needs it.
+    from popflow.parsing.body import parse_body
+
+    return parse_body(raw)
 
 
 @hookimpl(trylast=True)
