@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from popflow import __version__
@@ -104,6 +103,9 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
     restore = stop_on_signals(app)
     try:
         if console.is_terminal:
+            # Only a terminal gets a progress bar; cron and scripts skip importing it.
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=console, transient=True) as progress:
                 for name in names:
