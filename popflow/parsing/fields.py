@@ -129,8 +129,11 @@ def _declared_charset(block: HeaderBlock, defects: list[str]) -> str | None:
     return params.get("charset")
 
 
+_CANONICAL = {"message-id": "Message-ID", "reply-to": "Reply-To"}
+
+
 def _canonical(name: str) -> str:
-    return {"message-id": "Message-ID", "reply-to": "Reply-To"}.get(name, name.title())
+    return _CANONICAL.get(name) or name.title()
 
 
 def _guarded(defects: list[str], name: str, action: Callable[[], Any]) -> None:

@@ -181,7 +181,7 @@ def header_text(raw: bytes, name: str, fallback: str, defects: list[str], *, wor
                 text = raw.decode(fallback, errors="replace")
                 defects.append(f"header {name}: 8-bit bytes, decoded as {fallback}")
     text = text.strip(" \t\r\n")
-    if words:
+    if words and "=?" in text:  # checked here: most fields have no encoded word to build a label for
         text = decode_words(text, f"header {name}", defects)
     return sanitize(text)
 
