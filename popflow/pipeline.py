@@ -79,7 +79,7 @@ class Pipeline:
             raise DeadLetterError("no parser returned a message")
         message.source = source
         message.uidl = uidl
-        if message._raw is None:
+        if not message.has_raw:
             message.attach_raw(raw)
         return message
 
