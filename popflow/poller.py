@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from popflow.delivery import Deliverer, Item, SinkRunner
-from popflow.errors import DeliveryError, PopflowError, SourceFatalError
+from popflow.errors import DeliveryError, PopflowError
 from popflow.outcome import Outcome, PollCounts
 from popflow.pipeline import Pipeline, describe_error
 from popflow.raw import RawMessage
@@ -78,6 +78,7 @@ class Poller:
         self.deliverer = deliverer
         self.batch_size = batch_size
         self.stop = source.context.stop
+        self.stopped_early = False
 
     def plan(self, listings: Sequence[Listing]) -> Plan:
         """Split the listing into: fetch, delete without fetching (already handled), skip."""
@@ -130,15 +131,13 @@ class Poller:
                 done += len(batch)
                 if progress:
                     progress(done, len(plan.fetch))
+            report.stopped = report.stopped or self.stopped_early
             session.close(commit=True)  # QUIT: the server expunges what was deleted
             session = None
             if to_quit:
                 self.state.record_deleted(self.source.name, to_quit)
             counts.deleted = len(to_quit)
-        except SourceFatalError as exc:
-            report.error = describe_error(exc)
-            counts.errors += 1
-        except PopflowError as exc:
+        except PopflowError as exc:  # a fatal source error (login, lock, lost connection) or a sink/state one
             report.error = describe_error(exc)
             counts.errors += 1
         except Exception as exc:  # a bug or an unforeseen failure: report it, keep the daemon alive
@@ -184,6 +183,7 @@ class Poller:
                 else:
                     items.append((listing, Item(listing.uidl, fetched, prepared.message, prepared.sinks)))
                 if self.stop.is_set():
+                    self.stopped_early = True
                     break  # finish what was retrieved so far, then QUIT
             already = self.state.deliveries_pending(self.source.name, [item.uidl for _, item in items])
             self.deliverer.deliver_batch([item for _, item in items], already)
