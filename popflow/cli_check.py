@@ -136,5 +136,14 @@ def _connect_all(app: App) -> int:
         except Exception as exc:
             failures += 1
             table.add_row(f"sink {name}", "[red]failed[/]", describe_error(exc))
+    for impl in reversed(app.pm.hook.popflow_check_connection.get_hookimpls()):
+        try:
+            found = impl.function()
+        except Exception as exc:
+            failures += 1
+            table.add_row(f"plugin {impl.plugin_name}", "[red]failed[/]", describe_error(exc))
+            continue
+        if found is not None:
+            table.add_row(f"plugin {impl.plugin_name}", "[green]ok[/]", str(found))
     console.print(table)
     return failures

@@ -112,6 +112,16 @@ def popflow_failed(message: Message | None, stage: str, error: BaseException) ->
 
 
 @hookspec
+def popflow_check_connection() -> str | None:
+    """For ``popflow check --connect``: reach what the plugin depends on and say what was found.
+
+    Return a one-line description (shown as ``ok``, e.g. ``"ClamAV 1.4.6 at 127.0.0.1:3310"``), raise
+    an exception whose message says why it failed, or return None when there is nothing to check
+    (e.g. the plugin is not enabled in the config). Never called during a poll.
+    """
+
+
+@hookspec
 def popflow_startup(config: Config) -> None:
     """Lifecycle: the config is loaded and plugins are registered; read your options here.
 

@@ -79,3 +79,18 @@ def test_clamd_down_nothing_delivered_then_delivered_once_back(tmp_path: Path,
         assert (back.counts.delivered, back.counts.quarantined) == (1, 1)
         assert server.messages() == []
     assert delivered(tmp_path / "mail") == [clean]
+
+
+def test_check_connect_reports_clamd(tmp_path: Path, clamd_private: ClamdServer) -> None:
+    with POP3TestServer([]) as server:
+        config = write_config(tmp_path, server, extra={"plugins": {"clamav": {"address": clamd_private.address}}})
+        runner = CliRunner(env={"COLUMNS": "300"})
+        result = runner.invoke(main, ["check", "--connect", "-c", str(config)])
+        assert result.exit_code == 0, result.output
+        line = next(row for row in result.output.splitlines() if "plugin clamav" in row)
+        assert "ok" in line and "ClamAV" in line
+        clamd_private.stop()
+        result = runner.invoke(main, ["check", "--connect", "-c", str(config)])
+        assert result.exit_code == 1, result.output
+        line = next(row for row in result.output.splitlines() if "plugin clamav" in row)
+        assert "failed" in line

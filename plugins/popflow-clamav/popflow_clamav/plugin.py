@@ -144,3 +144,9 @@ def popflow_startup(config: Config) -> None:
 def popflow_scan(message: Message) -> ScanVerdict | None:
     """Ask clamd about ``message``; None when the plugin is not configured."""
     return _plugin.popflow_scan(message)
+
+
+@hookimpl
+def popflow_check_connection() -> str | None:
+    """For ``popflow check --connect``: clamd's version, or None when the plugin is not configured."""
+    return _plugin.check() if _plugin.options is not None else None
