@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from rich.table import Table
 
 from popflow.app import App
@@ -27,33 +28,39 @@ def _stage_plugins(app: App, hook: str) -> list[str]:
     return [impl.plugin_name for impl in reversed(caller.get_hookimpls())]
 
 
+def literal_secrets(path: Path) -> list[str]:
+    """Key paths in the file that hold a secret written out, not taken from ``${ENV}`` or a file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    found = []
+    for kind, keys in (("sources", ("password",)), ("sinks", ("secret",))):
+        entries = raw.get(kind) if isinstance(raw, dict) else None
+        for name, options in (entries or {}).items():
+            for key in keys:
+                value = options.get(key) if isinstance(options, dict) else None
+                if isinstance(value, str) and value and "${" not in value:
+                    found.append(f"{kind}.{name}.{key}")
+    return found
+
+
 def config_warnings(app: App) -> list[str]:
-    """Risky settings worth a warning: a world-readable file with a literal password, no TLS checks."""
+    """Risky settings worth a warning: a readable file with a literal secret, certificate checks off."""
     warnings = []
     path: Path | None = app.config.source_file
-    raw_sources = app.config.sources
     if path is not None and path.exists():
         mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8", errors="replace")
-        literal = any(isinstance(opts.get("password"), str) and "password:" in text
-                      and "${" not in _raw_value(text, "password") for opts in raw_sources.values())
+        literal = literal_secrets(path)
         if literal and mode & (stat.S_IRGRP | stat.S_IROTH):
-            warnings.append(f"{path} holds a literal password and is readable by others "
-                            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+            warnings.append(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}) and holds a literal "
+                            f"secret ({', '.join(literal)}); run: chmod 600 {path}, or use ${{ENV}} / password_file")
     for name, (_, options) in app.source_configs.items():
         if getattr(options, "tls_verify", True) is False:
             warnings.append(f"sources.{name}: tls_verify is off — the server's certificate is not checked")
         if getattr(options, "tls", None) == "none":
             warnings.append(f"sources.{name}: plaintext POP3 (tls: none)")
     return warnings
-
-
-def _raw_value(text: str, key: str) -> str:
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(f"{key}:"):
-            return stripped.split(":", 1)[1]
-    return ""
 
 
 @main.command()

@@ -104,3 +104,16 @@ def test_plugins_lists_builtins_with_hooks() -> None:
     for name in ("popflow.parser", "popflow.stages.rules", "popflow.sinks.folder", "popflow.sources.pop3"):
         assert name in result.stdout
     assert "popflow_route" in result.stdout and "popflow_parse" in result.stdout
+
+
+def test_no_warning_when_secrets_come_from_the_environment(tmp_path: Path) -> None:
+    config = write(tmp_path / "popflow.yaml", {
+        "sources": {"inbox": {"host": "pop.example.com", "username": "me", "password": "${POP_PW}"}},
+        "sinks": {"hook": {"type": "webhook", "url": "https://hooks.example.com/x", "secret": "${HOOK_SECRET}"}},
+        "routes": [{"sinks": ["hook"]}],
+    })
+    os.chmod(config, 0o644)
+    result = popflow("check", "-c", str(config), env={"POP_PW": "from-env-1", "HOOK_SECRET": "from-env-2"})
+    assert result.returncode == 0, result.stderr
+    assert "readable by others" not in result.stdout
+    assert "from-env-1" not in result.stdout + result.stderr
