@@ -11,10 +11,8 @@ parser; the full CLI path (``popflow poll`` + ``popflow quarantine``) belongs wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from popflow_clamav.plugin import ClamavPlugin
 
 from popflow import Message, hookimpl
@@ -25,8 +23,11 @@ from popflow.plugins import PopflowPluginManager
 from popflow.raw import RawMessage
 from popflow.state import StateStore
 from popflow.store import MessageStore
+from tests.support import clamd as clamd_support
 from tests.support.clamd import SIGNATURE_PREFIX, STREAM_MAX_LENGTH, ClamdServer, free_port
 from tests.test_clamav import big_mail, clean_mail, eicar_attachment, eicar_quoted_printable, eicar_zip
+
+clamd_private = clamd_support.clamd_private  # a clamd this module may stop and start
 
 
 class HeadersOnlyParser:
@@ -51,14 +52,6 @@ class ArchiveRouter:
     def popflow_route(self, message: Message) -> list[str]:
         return ["archive"]
 
-
-@pytest.fixture
-def clamd_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
-    """A clamd this test may stop and start."""
-    server = ClamdServer(tmp_path_factory.mktemp("clamd-e2e"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def make_pipeline(tmp_path: Path, **clamav: object) -> Pipeline:

@@ -7,31 +7,24 @@ the job; ``popflow quarantine release`` delivers a held message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from popflow.cli import main
 from popflow.testing import POP3TestServer
+from tests.support import clamd as clamd_support
 from tests.support.clamd import ClamdServer
 from tests.support.pipeline import maildir_files, make_app, write_config
 from tests.test_clamav import clean_mail, eicar_attachment, eicar_zip
+
+clamd_private = clamd_support.clamd_private  # a clamd this module may stop and start
 
 
 def delivered(maildir: Path) -> list[bytes]:
     """The delivered messages, line endings normalised (POP3 carries CRLF)."""
     return sorted(path.read_bytes().replace(b"\r\n", b"\n") for path in maildir_files(maildir))
 
-
-@pytest.fixture
-def clamd_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
-    """A clamd this test may stop and start."""
-    server = ClamdServer(tmp_path_factory.mktemp("clamd-poll"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_poll_quarantines_infected_and_delivers_clean(tmp_path: Path, clamd_private: ClamdServer) -> None:

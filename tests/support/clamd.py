@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,3 +155,12 @@ class ClamdServer:
             return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+@pytest.fixture
+def clamd_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """A private clamd of the test's own, which the test may stop and start (e.g. to prove deferral)."""
+    server = ClamdServer(tmp_path_factory.mktemp("clamd-private"))
+    server.start()
+    yield server
+    server.stop()
