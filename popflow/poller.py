@@ -62,6 +62,8 @@ class Plan:
     fetch: list[Listing] = field(default_factory=list)
     delete_known: list[Listing] = field(default_factory=list)
     skipped: list[Listing] = field(default_factory=list)
+    newly_skipped: list[Listing] = field(default_factory=list)
+    """The skipped messages the ledger does not list as skipped yet (recorded once, not every poll)."""
     seen: int = 0
 
 
@@ -99,6 +101,8 @@ class Poller:
                 continue
             if self.settings.max_size and listing.size > self.settings.max_size:
                 plan.skipped.append(listing)
+                if row is None or row.state != "skipped":
+                    plan.newly_skipped.append(listing)
                 continue
             plan.fetch.append(listing)
         if self.settings.max_messages:
@@ -116,7 +120,7 @@ class Poller:
         try:
             session = self.source.connect()
             plan = self.plan(session.list_messages())
-            self._record_skipped(plan.skipped)
+            self._record_skipped(plan.newly_skipped)
             counts.skipped = len(plan.skipped)
             if plan.delete_known:
                 failed = session.delete(plan.delete_known) or []

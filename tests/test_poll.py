@@ -65,11 +65,14 @@ def test_max_size_skips_and_leaves_on_server(tmp_path: Path) -> None:
     with POP3TestServer([sample_message(0), big]) as server:
         app = make_app(write_config(tmp_path, server, source={"max_size": "100KB"}))
         report = app.poll("test")
-        app.close()
         assert report.clean
         assert report.counts.skipped == 1 and report.counts.delivered == 1
         assert server.messages() == [big]
-        assert app.state.ledger_for("test")
+        assert app.state.ledger_for("test")[server.uidls()[0]].state == "skipped"
+        again = app.poll("test")  # still skipped and counted, never fetched
+        app.close()
+        assert again.counts.skipped == 1 and again.counts.fetched == 0
+        assert server.messages() == [big] and server.stats.retr == 1
 
 
 def test_max_messages_limits_one_poll(tmp_path: Path, server: POP3TestServer) -> None:
