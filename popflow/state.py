@@ -47,7 +47,7 @@ from popflow.errors import PopflowError
 metadata = MetaData()
 
 SCHEMA_LOCATION = "popflow:state_migrations"
-SCHEMA_HEAD = "s0001"
+SCHEMA_HEAD = "s0002"
 """The newest state-store migration; a store at this revision is used without loading Alembic."""
 VERSION_TABLE = "popflow_state_version"
 
@@ -75,6 +75,27 @@ ledger = Table(
     Column("first_seen_at", DateTime(timezone=True)),
     Column("handled_at", DateTime(timezone=True)),
     Column("deleted_at", DateTime(timezone=True)),
+    Column("server_uidl", _key()),  # the server's UIDL; ``uidl`` (the key) differs for a reused one
+    Column("mailbox", String(32)),  # mailbox_hash(Source.mailbox_identity())
+    Column("header_sha256", String(64)),  # popflow.sources.keys.header_digest of the message
+    Index("popflow_ledger_live", "source", "state"),
+    Index("popflow_ledger_server_uidl", "source", "server_uidl"),
+)
+
+mailboxes = Table(
+    "popflow_mailboxes", metadata,
+    Column("source", _key(), primary_key=True),
+    Column("mailbox", String(32), nullable=False),
+    Column("identity", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
+locks = Table(
+    "popflow_locks", metadata,
+    Column("name", _key(), primary_key=True),
+    Column("owner", String(190), nullable=False),  # host:pid:random of the holding process
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 deliveries = Table(
@@ -100,6 +121,8 @@ dead_letters = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("replayed_at", DateTime(timezone=True)),
     Column("status", String(16), nullable=False, default="pending"),  # pending | replayed
+    Column("claimed_at", DateTime(timezone=True)),  # set while a replay works on the entry
+    Column("claimed_by", String(190)),
     Index("popflow_dead_letters_status", "status"),
     Index("popflow_dead_letters_sha256", "sha256"),
 )
@@ -116,6 +139,8 @@ quarantine = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True)),
     Column("status", String(16), nullable=False, default="held"),  # held | released
+    Column("claimed_at", DateTime(timezone=True)),  # set while a release works on the entry
+    Column("claimed_by", String(190)),
     Index("popflow_quarantine_status", "status"),
     Index("popflow_quarantine_sha256", "sha256"),
 )

@@ -20,11 +20,25 @@ from popflow.raw import RawMessage
 
 @dataclass(frozen=True)
 class Listing:
-    """One message on the server: its number in this session, its unique id and its size."""
+    """One message on the server: its number in this session, its unique id and its size.
+
+    ``uidl`` is the server's id as exact printable text (:func:`popflow.sources.keys.uidl_text`).
+    The poller hands each message on under its ledger key, which is that text unless another
+    message already used it (see docs/delivery.md); ``server_uidl`` then keeps the server's text.
+    ``problem`` marks an entry the server listed unusably (an impossible size, no UIDL): the
+    poller skips that message with the reason recorded and leaves it on the server.
+    """
 
     number: int
     uidl: str
     size: int
+    problem: str | None = None
+    server_uidl: str = ""
+
+    @property
+    def server_id(self) -> str:
+        """The server's UIDL text (``uidl`` before the poller gave the message its ledger key)."""
+        return self.server_uidl or self.uidl
 
 
 @dataclass
@@ -63,6 +77,15 @@ class SourceSession:
             except DeliveryError as exc:
                 yield listing, exc
 
+    def header_digests(self, listings: Iterable[Listing]) -> dict[int, str]:
+        """``{message number: header_digest(TOP n 0)}`` for the listings the server can show.
+
+        The poller asks before it deletes a message it has not fetched in this session, to make
+        sure the message is still the one the ledger remembers. A session that cannot tell returns
+        ``{}``; those messages are then fetched and compared by content instead.
+        """
+        return {}
+
     def delete(self, listings: Iterable[Listing]) -> list[Listing]:
         """Mark messages for deletion (effective only after ``close(commit=True)``).
 
@@ -99,6 +122,14 @@ class Source:
     def describe(self) -> str:
         """One line for ``popflow check``; never includes secrets."""
         return type(self).__name__
+
+    def mailbox_identity(self) -> str:
+        """What mailbox this source reads, e.g. ``pop3://user@host:995``; never includes secrets.
+
+        The ledger remembers messages per mailbox: when a source is re-pointed to another mailbox,
+        what it knew of the old one is not applied to the new one.
+        """
+        return f"{type(self).__name__}:{self.name}"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -132,6 +132,11 @@ class Pop3Source(Source):
         extras.append(f"auth {cfg.auth}")
         return f"{scheme}://{cfg.username}@{cfg.host}:{cfg.server_port} ({', '.join(extras)})"
 
+    def mailbox_identity(self) -> str:
+        """``pop3://user@host:port`` (host lower-cased): the maildrop this source reads."""
+        cfg = self.config
+        return f"pop3://{cfg.username}@{cfg.host.lower().rstrip('.')}:{cfg.server_port}"
+
     def _label(self) -> str:
         return f"{self.config.username}@{self.config.host}"
 
