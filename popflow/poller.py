@@ -11,15 +11,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from popflow.delivery import Deliverer, Item, SinkRunner
 from popflow.errors import DeliveryError, PopflowError
 from popflow.outcome import Outcome, PollCounts
 from popflow.pipeline import Pipeline, describe_error
+from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
 from popflow.raw import RawMessage
 from popflow.sources.base import Listing, Source, SourceSession
-from popflow.state import HANDLED_STATES, HandledMessage, StateStore, now
+from popflow.sources.keys import header_digest
+from popflow.state import HandledMessage, LedgerRow, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,6 @@ class PollReport:
         return text
 
 
-@dataclass
-class Plan:
-    """What a poll will do with the messages the server listed."""
-
-    fetch: list[Listing] = field(default_factory=list)
-    delete_known: list[Listing] = field(default_factory=list)
-    skipped: list[Listing] = field(default_factory=list)
-    newly_skipped: list[Listing] = field(default_factory=list)
-    """The skipped messages the ledger does not list as skipped yet (recorded once, not every poll)."""
-    seen: int = 0
-
-
 class Poller:
     """Runs one poll of one source."""
 
@@ -81,33 +70,43 @@ class Poller:
         self.batch_size = batch_size
         self.stop = source.context.stop
         self.stopped_early = False
+        self.mailbox = ""
+        self._recheck: dict[str, list[LedgerRow]] = {}
+        self._fetching: dict[int, Listing] = {}
+        self._heads: dict[str, str] = {}
+        self._gone: list[str] = []
 
-    def plan(self, listings: Sequence[Listing]) -> Plan:
-        """Split the listing into: fetch, delete without fetching (already handled), skip."""
-        ledger = self.state.ledger_for(self.source.name)
-        plan = Plan()
-        keep = self.settings.keep_on_server
-        cutoff = (now() - timedelta(seconds=self.settings.delete_after)
-                  if self.settings.delete_after is not None else None)
-        for listing in listings:
-            row = ledger.get(listing.uidl)
-            if row is not None and row.state in HANDLED_STATES:
-                if not keep:
-                    plan.delete_known.append(listing)  # handled before a crash or a failed QUIT
-                elif cutoff is not None and row.handled_at is not None and row.handled_at < cutoff:
-                    plan.delete_known.append(listing)
+    def plan(self, session: SourceSession, listings: Sequence[Listing]) -> tuple[Plan, list[Listing]]:
+        """Match the listing to the ledger (see :mod:`popflow.planner`).
+
+        Returns the plan and the handled messages confirmed by ``TOP`` (to delete unfetched).
+        """
+        identity = self.source.mailbox_identity()
+        self.mailbox = mailbox_hash(identity)
+        previous = self.state.switch_mailbox(self.source.name, self.mailbox, identity)
+        if previous is not None:
+            log.warning("source %s now reads %s (it read %s): what popflow remembers of that mailbox is not "
+                        "applied to this one; every message here is new to it", self.source.name, identity, previous)
+        settings = self.settings
+        planner = Planner(self.state, self.source.name, self.mailbox, keep_on_server=settings.keep_on_server,
+                          delete_after=settings.delete_after, max_size=settings.max_size)
+        plan = planner.plan(listings)
+        confirmed: list[Listing] = []
+        if plan.verify:
+            digests = session.header_digests([listing for listing, _row in plan.verify])
+            unconfirmed: list[tuple[Listing, LedgerRow]] = []
+            for listing, row in plan.verify:
+                if row.header_sha256 and digests.get(listing.number) == row.header_sha256:
+                    confirmed.append(listing)
                 else:
-                    plan.seen += 1
-                continue
-            if self.settings.max_size and listing.size > self.settings.max_size:
-                plan.skipped.append(listing)
-                if row is None or row.state != "skipped":
-                    plan.newly_skipped.append(listing)
-                continue
-            plan.fetch.append(listing)
+                    unconfirmed.append((listing, row))
+            if unconfirmed:
+                log.info("%s: %d handled message(s) could not be confirmed by their headers; fetching them to "
+                         "compare by content", self.source.name, len(unconfirmed))
+                plan.fetch = sorted(plan.fetch + planner.recheck(plan, unconfirmed), key=lambda item: item.number)
         if self.settings.max_messages:
             plan.fetch = plan.fetch[: self.settings.max_messages]
-        return plan
+        return plan, confirmed
 
     def poll(self, progress: ProgressCallback | None = None) -> PollReport:
         """Poll once. Never raises for mail or server problems: they are in the report."""
@@ -119,12 +118,16 @@ class Poller:
         to_quit: list[str] = []
         try:
             session = self.source.connect()
-            plan = self.plan(session.list_messages())
+            plan, confirmed = self.plan(session, session.list_messages())
+            self._recheck = plan.recheck
+            self._fetching = {listing.number: listing for listing in plan.fetch}
             self._record_skipped(plan.newly_skipped)
+            if plan.gone:
+                self.state.record_gone(self.source.name, plan.gone)
             counts.skipped = len(plan.skipped)
-            if plan.delete_known:
-                failed = session.delete(plan.delete_known) or []
-                to_quit += [item.uidl for item in plan.delete_known if item not in failed]
+            if confirmed:
+                failed = session.delete(confirmed) or []
+                to_quit += [item.uidl for item in confirmed if item not in failed]
             done = 0
             for start in range(0, len(plan.fetch), self.batch_size):
                 if self.stop.is_set():
@@ -142,6 +145,7 @@ class Poller:
                 self.state.record_deleted(self.source.name, to_quit)
             counts.deleted = len(to_quit)
         except PopflowError as exc:  # a fatal source error (login, lock, lost connection) or a sink/state one
+            self._record_misbehaved(exc)
             report.error = describe_error(exc)
             counts.errors += 1
         except Exception as exc:  # a bug or an unforeseen failure: report it, keep the daemon alive
@@ -161,17 +165,25 @@ class Poller:
             self.state.finish_run(run_id, status, counts.as_dict(), report.error)
         return report
 
-    def _record_skipped(self, skipped: list[Listing]) -> None:
-        for listing in skipped:
-            reason = f"larger than max_size ({listing.size} > {self.settings.max_size} bytes)"
+    def _record_skipped(self, skipped: list[tuple[Listing, str]], outcome: str | None = None) -> None:
+        for listing, reason in skipped:
             log.info("skipping %s/%s: %s; left on the server", self.source.name, listing.uidl, reason)
-            self.state.record_state(self.source.name, listing.uidl, "skipped", reason, size=listing.size)
+            self.state.record_state(self.source.name, listing.uidl, "skipped", reason,
+                                    size=listing.size if not listing.problem else None,
+                                    server_uidl=listing.server_id, mailbox=self.mailbox, outcome=outcome)
+
+    def _record_misbehaved(self, exc: PopflowError) -> None:
+        """The server broke the protocol while sending one message: skip that message from now on."""
+        listing = self._fetching.get(getattr(exc, "message_number", None) or 0)
+        if listing is not None:
+            self._record_skipped([(listing, describe_error(exc))], outcome=MISBEHAVED)
 
     def _run_batch(self, session: SourceSession, batch: list[Listing], counts: PollCounts) -> list[str]:
         """Retrieve, process and deliver one batch; record it; DELE what was handled. Returns DELE'd UIDLs."""
         outcomes: list[tuple[Listing, Outcome]] = []
         items: list[tuple[Listing, Item]] = []
         raws: list[RawMessage] = []
+        recognised: list[tuple[Listing, LedgerRow]] = []
         try:
             for listing, fetched in session.retrieve_many(batch):
                 if isinstance(fetched, DeliveryError):
@@ -181,6 +193,14 @@ class Poller:
                     continue
                 counts.fetched += 1
                 raws.append(fetched)
+                self._heads[listing.uidl] = header_digest(fetched.head())
+                earlier = self._recheck.get(listing.uidl)
+                if earlier:
+                    same = next((row for row in earlier if row.sha256 == fetched.sha256), None)
+                    if same is not None:
+                        recognised.append((listing, same))  # a message already handled: no delivery
+                        continue
+                    self._gone.append(earlier[0].key)  # a new message behind a remembered UIDL
                 prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
                 if isinstance(prepared, Outcome):
                     outcomes.append((listing, prepared))
@@ -192,10 +212,22 @@ class Poller:
             already = self.state.deliveries_pending(self.source.name, [item.uidl for _, item in items])
             self.deliverer.deliver_batch([item for _, item in items], already)
             outcomes += [(listing, item.outcome()) for listing, item in items]
-            return self._record_and_delete(session, outcomes, counts)
+            if self._gone:
+                self.state.record_gone(self.source.name, self._gone)
+                self._gone = []
+            return self._record_and_delete(session, outcomes, counts) + self._delete_recognised(session, recognised)
         finally:
             for raw in raws:
                 raw.discard()
+
+    def _delete_recognised(self, session: SourceSession, recognised: list[tuple[Listing, LedgerRow]]) -> list[str]:
+        """DELE fetched messages that proved to be ones already handled; returns their ledger keys."""
+        if not recognised:
+            return []
+        log.info("%s: %d message(s) fetched again were already handled (same content); deleting them",
+                 self.source.name, len(recognised))
+        failed = session.delete([listing for listing, _row in recognised]) or []
+        return [row.key for listing, row in recognised if listing not in failed]
 
     def _record_and_delete(self, session: SourceSession, outcomes: list[tuple[Listing, Outcome]],
                            counts: PollCounts) -> list[str]:
@@ -211,7 +243,9 @@ class Poller:
                 handled.append(HandledMessage(
                     self.source.name, listing.uidl, outcome.kind, size=listing.size,
                     sha256=message.sha256 if message else "",
-                    message_id=message.message_id if message else None, reason=outcome.reason or None))
+                    message_id=message.message_id if message else None, reason=outcome.reason or None,
+                    server_uidl=listing.server_id, mailbox=self.mailbox,
+                    header_sha256=self._heads.get(listing.uidl)))
                 delivered += triples
                 to_delete.append(listing)
             else:

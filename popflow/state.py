@@ -157,11 +157,14 @@ runs = Table(
 )
 
 HANDLED_STATES = ("handled", "deleted")
+LIVE_STATES = ("handled", "skipped")
+"""Rows of messages believed to be on the server; a poll reads only these."""
 
 
 class StateStoreError(PopflowError):
     """The state store cannot be opened (unreachable database, no permission); no secrets in the text."""
-_LEDGER_VALUE_COLUMNS = ("state", "outcome", "reason", "size", "sha256", "message_id", "handled_at", "deleted_at")
+_LEDGER_VALUE_COLUMNS = ("state", "outcome", "reason", "size", "sha256", "message_id", "handled_at", "deleted_at",
+                         "server_uidl", "mailbox", "header_sha256")
 _IN_CHUNK = 500
 """At most this many values in one ``IN (...)`` list."""
 
@@ -194,12 +197,22 @@ def as_aware(value: datetime | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class LedgerRow:
-    """What the ledger knows about one UIDL."""
+    """What the ledger knows about one message; ``uidl`` is its key (see :mod:`popflow.planner`)."""
 
     uidl: str
     state: str
     outcome: str | None
     handled_at: datetime | None
+    server_uidl: str = ""
+    size: int | None = None
+    sha256: str | None = None
+    header_sha256: str | None = None
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The message's ledger key (what sinks see as its ``uidl``)."""
+        return self.uidl
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,9 @@ class HandledMessage:
     sha256: str = ""
     message_id: str | None = None
     reason: str | None = None
+    server_uidl: str | None = None
+    mailbox: str | None = None
+    header_sha256: str | None = None
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -276,13 +292,70 @@ class StateStore:
             return {row.uidl: LedgerRow(row.uidl, row.state, row.outcome, as_aware(row.handled_at))
                     for row in rows}
 
+    def live_rows(self, source: str, mailbox: str) -> list[LedgerRow]:
+        """The rows of messages believed to be on the server in ``mailbox``, oldest key first.
+
+        Rows from before the ledger knew mailboxes (``mailbox`` NULL) count for any mailbox.
+        """
+        columns = (ledger.c.uidl, ledger.c.state, ledger.c.outcome, ledger.c.handled_at, ledger.c.server_uidl,
+                   ledger.c.size, ledger.c.sha256, ledger.c.header_sha256, ledger.c.reason, ledger.c.mailbox)
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(*columns).where(ledger.c.source == source, ledger.c.state.in_(LIVE_STATES))
+                .order_by(ledger.c.first_seen_at, ledger.c.uidl))
+            return [LedgerRow(row.uidl, row.state, row.outcome, as_aware(row.handled_at),
+                              row.server_uidl or row.uidl, row.size, row.sha256, row.header_sha256, row.reason)
+                    for row in rows if row.mailbox in (None, mailbox)]
+
+    def keys_in_use(self, source: str, server_uidls: Iterable[str], keys: Iterable[str]) -> set[str]:
+        """Keys of any row (any state, any mailbox) with one of these server UIDLs or keys."""
+        found: set[str] = set()
+        with self.engine.connect() as connection:
+            for column, values in ((ledger.c.server_uidl, list(server_uidls)), (ledger.c.uidl, list(keys))):
+                for chunk in _chunks(list(dict.fromkeys(values))):
+                    rows = connection.execute(select(ledger.c.uidl).where(ledger.c.source == source, column.in_(chunk)))
+                    found.update(row.uidl for row in rows)
+        return found
+
+    def switch_mailbox(self, source: str, mailbox: str, identity: str) -> str | None:
+        """Record which mailbox ``source`` reads; returns the identity it read before, if different.
+
+        The first time (a ledger from before mailboxes were recorded), the source's rows without a
+        mailbox are adopted by this one.
+        """
+        with self.transaction() as connection:
+            row = connection.execute(select(mailboxes).where(mailboxes.c.source == source)).first()
+            if row is not None and row.mailbox == mailbox:
+                return None
+            if row is None:
+                connection.execute(insert(mailboxes).values(source=source, mailbox=mailbox, identity=identity,
+                                                            since=now()))
+                connection.execute(update(ledger).where(ledger.c.source == source, ledger.c.mailbox.is_(None))
+                                   .values(mailbox=mailbox))
+                return None
+            connection.execute(update(mailboxes).where(mailboxes.c.source == source)
+                               .values(mailbox=mailbox, identity=identity, since=now()))
+            return str(row.identity)
+
+    def record_gone(self, source: str, keys: Iterable[str]) -> None:
+        """Mark live rows whose messages the server no longer lists as deleted."""
+        key_list = list(keys)
+        stamp = now()
+        with self.transaction() as connection:
+            for chunk in _chunks(key_list):
+                connection.execute(
+                    update(ledger).where(ledger.c.source == source, ledger.c.uidl.in_(chunk),
+                                         ledger.c.state.in_(LIVE_STATES))
+                    .values(state="deleted", deleted_at=stamp))
+
     def record_handled(self, items: Iterable[HandledMessage], delivered: Iterable[tuple[str, str, str]] = ()) -> None:
         """Record messages as handled and the sinks that committed them, in one transaction."""
         stamp = now()
         rows = [(item.source, item.uidl, {
             "state": "handled", "outcome": item.outcome, "reason": item.reason,
             "size": item.size, "sha256": item.sha256, "message_id": item.message_id,
-            "handled_at": stamp,
+            "handled_at": stamp, "server_uidl": item.server_uidl or item.uidl, "mailbox": item.mailbox,
+            "header_sha256": item.header_sha256,
         }) for item in items]
         with self.transaction() as connection:
             self._insert_deliveries(connection, list(delivered), stamp)
@@ -296,10 +369,13 @@ class StateStore:
                 self._upsert_delivery(connection, source, uidl, sink, stamp)
 
     def record_state(self, source: str, uidl: str, state: str, reason: str | None = None,
-                     size: int | None = None) -> None:
-        """Record a non-handled state (``skipped``, ``deferred``) for one UIDL."""
+                     size: int | None = None, *, server_uidl: str | None = None, mailbox: str | None = None,
+                     outcome: str | None = None) -> None:
+        """Record a non-handled state (``skipped``) for one message key."""
         with self.transaction() as connection:
-            self._upsert_ledger(connection, source, uidl, {"state": state, "reason": reason, "size": size})
+            self._upsert_ledger(connection, source, uidl, {
+                "state": state, "reason": reason, "size": size, "server_uidl": server_uidl or uidl,
+                "mailbox": mailbox, "outcome": outcome})
 
     def record_deleted(self, source: str, uidls: Iterable[str]) -> None:
         """Mark UIDLs deleted from the server (after a successful QUIT)."""

@@ -127,9 +127,9 @@ def test_handled_but_not_quit_is_deleted_without_redelivery(tmp_path: Path, serv
     app = make_app(write_config(tmp_path, server))
     poller = app.poller("test")
     session = poller.source.connect()
-    listings = session.list_messages()
+    plan, _confirmed = poller.plan(session, session.list_messages())
     counts = PollCounts()
-    poller._run_batch(session, listings, counts)
+    poller._run_batch(session, plan.fetch, counts)
     session.close(commit=False)  # the connection dies: no QUIT, nothing expunged
     assert counts.delivered == 20
     assert len(server.messages()) == 20

@@ -18,6 +18,7 @@ from popflow.context import RuntimeContext
 from popflow.errors import DeferMessage, DeliveryError, SourceConnectionError, SourceFatalError
 from popflow.raw import RawMessage
 from popflow.sources.base import Listing, SessionInfo, SourceSession
+from popflow.sources.keys import header_digest
 from popflow.sources.pop3_auth import AuthRequest, authenticate
 from popflow.sources.pop3_wire import Pop3Wire, Response
 from popflow.sources.tls import make_ssl_context
@@ -309,6 +310,15 @@ class Pop3Session(SourceSession):
                 yield listing, self._collect(listing)
         finally:
             exchange.close()
+
+    def header_digests(self, listings: Iterable[Listing]) -> dict[int, str]:
+        """``TOP n 0`` of each listing (pipelined) → its header digest; a refused TOP leaves it out."""
+        wanted = list(listings)
+        digests: dict[int, str] = {}
+        for index, reply in self._exchange([b"TOP %d 0\r\n" % item.number for item in wanted], multiline=True):
+            if reply.ok:
+                digests[wanted[index].number] = header_digest(self._read_small_body())
+        return digests
 
     def delete(self, listings: Iterable[Listing]) -> list[Listing]:
         """Mark messages deleted (applied at QUIT); returns the listings whose DELE was refused."""

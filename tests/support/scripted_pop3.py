@@ -79,6 +79,7 @@ class ScriptedPop3:
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.host, self.port = "127.0.0.1", self._listener.getsockname()[1]
+        self.username, self.password = "u", "p"  # any login is accepted
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
