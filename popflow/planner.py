@@ -65,6 +65,8 @@ class Plan:
     seen: int = 0
     taken: set[str] = field(default_factory=set)
     """Every key this source has used, as far as this poll knows (for allocating more)."""
+    history: dict[str, list[LedgerRow]] = field(default_factory=dict)
+    """Rows of any state with a server UIDL that is new in this poll, by server UIDL."""
 
 
 class Planner:
@@ -121,6 +123,13 @@ class Planner:
             earlier = rechecked.get(keyed.number)
             if earlier is None:
                 self._fetch_or_skip(plan, keyed, None)
+                # Listed again after it was deleted (a server that did not expunge, a mailbox that
+                # reappeared): if the bytes are the same, it is that message, not a new one.
+                former = [row for row in plan.history.get(keyed.server_id, ())
+                          if row.state == "deleted" and row.size == keyed.size and row.sha256
+                          and row.mailbox in (None, self.mailbox)]
+                if former:
+                    plan.recheck[keyed.uidl] = former
             else:
                 plan.fetch.append(keyed)
                 plan.recheck[keyed.uidl] = earlier
@@ -140,7 +149,9 @@ class Planner:
         if not listings:
             return []
         uidls = list(dict.fromkeys(listing.uidl for listing in listings))
-        plan.taken |= self.state.keys_in_use(self.source, uidls, uidls)
+        for row in self.state.rows_with(self.source, uidls, uidls):
+            plan.taken.add(row.key)
+            plan.history.setdefault(row.server_uidl, []).append(row)
         while True:
             chosen: list[str] = []
             in_plan = set(plan.taken)
@@ -153,7 +164,8 @@ class Planner:
                 chosen.append(key)
             derived = [key for key, listing in zip(chosen, listings, strict=True) if key != listing.uidl]
             # A derived key may be another message's literal UIDL ("1~2"): look, and choose again.
-            clash = self.state.keys_in_use(self.source, [], derived) - plan.taken if derived else set()
+            clash = ({row.key for row in self.state.rows_with(self.source, [], derived)} - plan.taken
+                     if derived else set())
             if not clash:
                 plan.taken = in_plan
                 return [replace(listing, uidl=key, server_uidl=listing.uidl)

@@ -221,11 +221,21 @@ class Poller:
                 raw.discard()
 
     def _delete_recognised(self, session: SourceSession, recognised: list[tuple[Listing, LedgerRow]]) -> list[str]:
-        """DELE fetched messages that proved to be ones already handled; returns their ledger keys."""
+        """DELE fetched messages that proved to be ones already handled; returns their ledger keys.
+
+        With ``keep_on_server``, one the ledger had marked deleted is made live again instead.
+        """
         if not recognised:
             return []
-        log.info("%s: %d message(s) fetched again were already handled (same content); deleting them",
+        log.info("%s: %d message(s) fetched again were already handled (same content); not delivered again",
                  self.source.name, len(recognised))
+        if self.settings.keep_on_server:
+            revived = [row.key for _listing, row in recognised if row.state == "deleted"]
+            if revived:
+                self.state.revive(self.source.name, revived)
+            recognised = [(listing, row) for listing, row in recognised if row.state != "deleted"]
+            if not recognised:
+                return []
         failed = session.delete([listing for listing, _row in recognised]) or []
         return [row.key for listing, row in recognised if listing not in failed]
 

@@ -208,6 +208,7 @@ class LedgerRow:
     sha256: str | None = None
     header_sha256: str | None = None
     reason: str | None = None
+    mailbox: str | None = None
 
     @property
     def key(self) -> str:
@@ -292,30 +293,42 @@ class StateStore:
             return {row.uidl: LedgerRow(row.uidl, row.state, row.outcome, as_aware(row.handled_at))
                     for row in rows}
 
+    _ROW_COLUMNS = (ledger.c.uidl, ledger.c.state, ledger.c.outcome, ledger.c.handled_at, ledger.c.server_uidl,
+                    ledger.c.size, ledger.c.sha256, ledger.c.header_sha256, ledger.c.reason, ledger.c.mailbox)
+
+    @staticmethod
+    def _row(row: Any) -> LedgerRow:
+        return LedgerRow(row.uidl, row.state, row.outcome, as_aware(row.handled_at), row.server_uidl or row.uidl,
+                         row.size, row.sha256, row.header_sha256, row.reason, row.mailbox)
+
     def live_rows(self, source: str, mailbox: str) -> list[LedgerRow]:
-        """The rows of messages believed to be on the server in ``mailbox``, oldest key first.
+        """The rows of messages believed to be on the server in ``mailbox``, oldest first.
 
         Rows from before the ledger knew mailboxes (``mailbox`` NULL) count for any mailbox.
         """
-        columns = (ledger.c.uidl, ledger.c.state, ledger.c.outcome, ledger.c.handled_at, ledger.c.server_uidl,
-                   ledger.c.size, ledger.c.sha256, ledger.c.header_sha256, ledger.c.reason, ledger.c.mailbox)
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(*columns).where(ledger.c.source == source, ledger.c.state.in_(LIVE_STATES))
+                select(*self._ROW_COLUMNS).where(ledger.c.source == source, ledger.c.state.in_(LIVE_STATES))
                 .order_by(ledger.c.first_seen_at, ledger.c.uidl))
-            return [LedgerRow(row.uidl, row.state, row.outcome, as_aware(row.handled_at),
-                              row.server_uidl or row.uidl, row.size, row.sha256, row.header_sha256, row.reason)
-                    for row in rows if row.mailbox in (None, mailbox)]
+            return [self._row(row) for row in rows if row.mailbox in (None, mailbox)]
 
-    def keys_in_use(self, source: str, server_uidls: Iterable[str], keys: Iterable[str]) -> set[str]:
-        """Keys of any row (any state, any mailbox) with one of these server UIDLs or keys."""
-        found: set[str] = set()
+    def rows_with(self, source: str, server_uidls: Iterable[str], keys: Iterable[str]) -> list[LedgerRow]:
+        """Every row (any state, any mailbox) with one of these server UIDLs or keys (by index)."""
+        found: dict[str, LedgerRow] = {}
         with self.engine.connect() as connection:
             for column, values in ((ledger.c.server_uidl, list(server_uidls)), (ledger.c.uidl, list(keys))):
                 for chunk in _chunks(list(dict.fromkeys(values))):
-                    rows = connection.execute(select(ledger.c.uidl).where(ledger.c.source == source, column.in_(chunk)))
-                    found.update(row.uidl for row in rows)
-        return found
+                    rows = connection.execute(
+                        select(*self._ROW_COLUMNS).where(ledger.c.source == source, column.in_(chunk)))
+                    found.update((row.uidl, self._row(row)) for row in rows)
+        return list(found.values())
+
+    def revive(self, source: str, keys: Iterable[str]) -> None:
+        """A message marked deleted is on the server after all (and recognised): live again."""
+        with self.transaction() as connection:
+            for chunk in _chunks(list(keys)):
+                connection.execute(update(ledger).where(ledger.c.source == source, ledger.c.uidl.in_(chunk))
+                                   .values(state="handled", deleted_at=None))
 
     def switch_mailbox(self, source: str, mailbox: str, identity: str) -> str | None:
         """Record which mailbox ``source`` reads; returns the identity it read before, if different.

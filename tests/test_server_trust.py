@@ -141,6 +141,38 @@ def test_duplicate_uidls_survive_a_failed_quit_without_loss_or_duplicates(tmp_pa
     assert delivered(tmp_path) == sorted(wire(m) for m in shared)
 
 
+def test_a_server_that_does_not_expunge_gets_no_second_delivery(tmp_path: Path) -> None:
+    """QUIT answers +OK but the messages stay: listed again, fetched, recognised by content."""
+    messages = [message(f"sticky-{n}") for n in range(3)]
+
+    def quit_keeps_everything(session: ScriptedSession, args: list[bytes]) -> bytes:
+        session.deleted.clear()
+        return b"+OK bye\r\n"
+
+    with ScriptedPop3([Entry(b"%d" % n, raw) for n, raw in enumerate(messages, 1)],
+                      handlers={b"QUIT": quit_keeps_everything}) as server:
+        path = config(tmp_path, server)
+        poll(path)
+        poll(path)
+        assert len(server.remaining()) == 3
+    assert delivered(tmp_path) == sorted(wire(m) for m in messages)
+
+
+def test_keep_on_server_messages_that_vanish_for_a_poll_are_not_delivered_again(tmp_path: Path) -> None:
+    """A server that lists an empty mailbox once (maintenance, an index rebuild), then all of it again."""
+    entries = [Entry(b"%d" % n, message(f"kept-{n}")) for n in range(3)]
+    with ScriptedPop3(entries) as server:
+        path = config(tmp_path, server, keep_on_server=True)
+        poll(path)
+        server.entries = []
+        poll(path)
+        server.entries = list(entries)
+        poll(path)
+        poll(path)
+        assert len([c for c in server.commands if c.startswith(b"RETR")]) == 6  # fetched again once, to compare
+    assert delivered(tmp_path) == sorted(wire(e.raw) for e in entries)
+
+
 def test_a_source_repointed_to_another_mailbox_reads_it_as_new(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     old = [message(f"mailbox-a-{n}") for n in range(2)]
