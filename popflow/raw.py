@@ -10,8 +10,11 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
+
+from popflow.private import mkdirs_private
 
 SPOOL_THRESHOLD = 1024 * 1024
 """Messages larger than this are kept in a spool file instead of memory."""
@@ -57,16 +60,19 @@ class RawMessage:
                 buffer += chunk
                 if len(buffer) > threshold:
                     if spool_dir is not None:
-                        spool_dir.mkdir(parents=True, exist_ok=True)
+                        mkdirs_private(spool_dir)  # mkstemp makes the file 0600; the folder is 0700
                     fd, name = tempfile.mkstemp(prefix="spool-", suffix=".eml", dir=spool_dir)
                     spool = os.fdopen(fd, "wb")
                     path = Path(name)
                     spool.write(buffer)
                     buffer = bytearray()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = str(path or spool_dir)  # "No space left on device" alone names no file
             if spool is not None:
-                spool.close()
-                path.unlink(missing_ok=True)  # type: ignore[union-attr]
+                with suppress(OSError):  # a failing cleanup must not hide why the spool failed
+                    spool.close()
+                    path.unlink(missing_ok=True)  # type: ignore[union-attr]
             raise
         if spool is None:
             return cls(bytes(buffer), sha256=digest.hexdigest())
