@@ -5,6 +5,7 @@ The raw bytes are the source of truth: parsers read them, sinks store them uncha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -20,6 +21,10 @@ SPOOL_THRESHOLD = 1024 * 1024
 """Messages larger than this are kept in a spool file instead of memory."""
 
 CHUNK = 256 * 1024
+
+# Errors of the spool file itself (not of the network feeding it): they get the file's name.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES,
+                          errno.EPERM})
 
 
 class RawMessage:
@@ -67,11 +72,13 @@ class RawMessage:
                     spool.write(buffer)
                     buffer = bytearray()
         except BaseException as exc:
-            if isinstance(exc, OSError) and exc.filename is None:
+            if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS and exc.filename is None:
                 exc.filename = str(path or spool_dir)  # "No space left on device" alone names no file
             if spool is not None:
-                with suppress(OSError):  # a failing cleanup must not hide why the spool failed
+                # A failing cleanup must not hide why the spool failed.
+                with suppress(OSError):
                     spool.close()
+                with suppress(OSError):
                     path.unlink(missing_ok=True)  # type: ignore[union-attr]
             raise
         if spool is None:
