@@ -12,10 +12,11 @@ from sqlalchemy.engine import make_url
 from popflow.config import Config, validate_component
 from popflow.context import RuntimeContext
 from popflow.delivery import Deliverer, SinkRunner
-from popflow.errors import ConfigError
+from popflow.errors import ConfigError, StorageError
 from popflow.pipeline import Pipeline
 from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
+from popflow.private import mkdirs_private
 from popflow.sinks.base import Sink
 from popflow.sources.base import Source
 from popflow.state import StateStore
@@ -79,7 +80,10 @@ class App:
 
     def prepare_data_dir(self) -> None:
         """Create ``data_dir`` and clean what a crash may have left (spool files, partial writes)."""
-        self.context.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            mkdirs_private(self.context.data_dir)  # spool, dead letters, quarantine: private (0700)
+        except OSError as exc:
+            raise StorageError(f"cannot create data_dir {self.context.data_dir}: {exc.strerror or exc}") from exc
         removed = clean_spool(self.context.spool_dir) + self.store.clean_partial(older_than=0)
         if removed:
             log.info("removed %d leftover spool/partial file(s) from an earlier run", removed)

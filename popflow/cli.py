@@ -16,14 +16,17 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import ArgumentError
 
 from popflow import __version__
 from popflow.app import App
 from popflow.config import DEFAULT_CONFIG_NAME, load_config
-from popflow.errors import ConfigError, PluginLoadError
+from popflow.errors import ConfigError, PluginLoadError, StorageError
 from popflow.logs import setup_logging
 from popflow.poller import PollReport
 from popflow.state import StateStoreError
+from popflow.terminal import printable, stderr_is_terminal
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,8 +34,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, status: int = 2) -> None:
-    """Print an error without a traceback and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """Print an error without a traceback and exit.
+
+    Plain text unless stderr is a terminal (logs and cron mail get no escape codes); control
+    characters in the message (it may quote the config file) are always shown escaped.
+    """
+    text = printable(message)
+    if stderr_is_terminal():
+        err_console.print(Text.assemble(("error:", "bold red"), " ", text), highlight=False, soft_wrap=True)
+    else:
+        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.flush()
     sys.exit(status)
 
 
@@ -42,7 +54,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        fail(click.style(exc.describe(), bold=False))
+        fail(exc.describe())
     except PluginLoadError as exc:
         fail(str(exc))
 
@@ -64,6 +76,13 @@ def load_app(ctx: click.Context, config_path: Path | None) -> App:
     except StateStoreError as exc:
         app.close()
         fail(str(exc), status=1)
+    except ConfigError as exc:
+        app.close()
+        fail(ConfigError(exc.problem, file=app.file, path=exc.path).describe())
+    except (ImportError, ArgumentError) as exc:  # a driver that is not installed, a bad URL option
+        app.close()
+        fail(ConfigError(f"cannot use this database: {type(exc).__name__}: {exc}", file=app.file,
+                         path="state").describe())
     return app
 
 
@@ -98,7 +117,7 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
         names = list(sources) or app.enabled_sources()
         for name in names:
             app.source(name)  # unknown names are a usage error before any work
-    app.prepare_data_dir()
+    prepare_data_dir(app)
     reports: list[PollReport] = []
     restore = stop_on_signals(app)
     try:
@@ -121,6 +140,15 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
         app.close()
     print_summary(reports)
     sys.exit(0 if all(report.clean for report in reports) else 1)
+
+
+def prepare_data_dir(app: App) -> None:
+    """Create ``data_dir``; one clear line and exit status 1 when it cannot be (read-only, full)."""
+    try:
+        app.prepare_data_dir()
+    except StorageError as exc:
+        app.close()
+        fail(str(exc), status=1)
 
 
 def stop_on_signals(app: App) -> Callable[[], None]:
@@ -152,13 +180,14 @@ def print_summary(reports: list[PollReport]) -> None:
         table.add_column(column, justify="left" if column == "source" else "right")
     for report in reports:
         c = report.counts
-        table.add_row(report.source, str(c.fetched), str(c.delivered), str(c.skipped), str(c.dropped),
+        table.add_row(Text(printable(report.source)), str(c.fetched), str(c.delivered), str(c.skipped), str(c.dropped),
                       str(c.quarantined), str(c.dead_letters), str(c.deferred), str(c.defects), str(c.errors),
                       f"{c.seconds:.2f}")
     console.print(table)
     for report in reports:
-        if report.error:
-            console.print(f"[red]{report.source}: {report.error}[/]", highlight=False)
+        if report.error:  # one line, whatever the width; server text is not markup
+            console.print(Text(printable(f"{report.source}: {report.error}"), style="red"), highlight=False,
+                          soft_wrap=True)
 
 
 # -- init ----------------------------------------------------------------------------------------

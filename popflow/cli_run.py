@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
-from popflow.cli import config_option, console, fail, load_app, main
+from popflow.cli import config_option, console, fail, load_app, main, prepare_data_dir
 from popflow.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def run(ctx: click.Context, config_path: Path | None) -> None:
     if not names:
         app.close()
         fail(f"{app.file}: no enabled source to poll; add one under 'sources:' (see `popflow init`)")
-    app.prepare_data_dir()
+    prepare_data_dir(app)
     _ = app.state  # open the ledger once, here, before the poll threads share it
     scheduler = PollScheduler(app, names)
     stopping = threading.Event()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from popflow.durations import Duration, Size
+from popflow.durations import Duration, Interval, Size
 from popflow.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "popflow.yaml"
@@ -96,7 +96,7 @@ class SourceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     type: str = "pop3"
-    every: Duration | None = None
+    every: Interval | None = None
     cron: str | None = None
     enabled: bool = True
     keep_on_server: bool = False
@@ -115,8 +115,6 @@ class SourceSettings(BaseModel):
                 CronTrigger.from_crontab(self.cron)
             except ValueError as exc:
                 raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from exc
-        if self.every is not None and self.every <= 0:
-            raise ValueError("'every' must be longer than 0s")
         if self.delete_after is not None and not self.keep_on_server:
             raise ValueError("'delete_after' only applies with 'keep_on_server: true'")
         return self
@@ -154,6 +152,25 @@ class Config(StrictModel):
 
     # Where the file was read from; relative paths in it are relative to this folder.
     source_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("state")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Checked here so a typo is a config error naming `state`, not a traceback at first use.
+        # The value is not repeated: it may hold a password.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL; use SQLAlchemy's form, e.g. sqlite:///popflow-state.db "
+                             "or postgresql+psycopg://user:password@host/db") from None
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database type {url.drivername!r} (sqlite, postgresql, mysql, ...)") from None
+        return value
 
     @field_validator("plugins_dir", mode="before")
     @classmethod
@@ -240,6 +257,37 @@ def config_error_from(error: ValidationError, file: str | None, prefix: str = ""
     return ConfigError(problem, file=file, path=path)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last value silently, so a second ``sources:`` block, or two sources with
+    one name, would drop configuration without a word. Merge keys (``<<: *base``) may still be
+    overridden: only keys written in the mapping itself are compared.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r} (first given on line {first.start_mark.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (safe types only; duplicate keys are an error)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
+
+
 def default_config_path() -> Path:
     """``$POPFLOW_CONFIG``, else ``./popflow.yaml``."""
     return Path(os.environ.get("POPFLOW_CONFIG") or DEFAULT_CONFIG_NAME)
@@ -273,7 +321,7 @@ def load_config(path: Path | str | None = None) -> Config:
             file=shown,
         )
     try:
-        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        data = load_yaml(config_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "K": 1024, "MB": 1024**2, "M": 1024**2, "GB": 1024**3, "G": 1024**3}
@@ -47,6 +48,32 @@ def parse_size(value: object) -> int:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A duration in seconds, written in config as ``30s``, ``5m``, ``2h`` or ``30d``."""
+
+MIN_INTERVAL = 1.0
+"""The shortest ``every:``: a faster poll only hammers the server (and a typo like ``1ms`` would)."""
+MIN_TIMEOUT = 0.1
+"""The shortest network timeout: below this even a loopback round trip can time out."""
+
+
+def format_duration(seconds: float) -> str:
+    """``0.001`` → ``1ms``, ``1.5`` → ``1.5s``: how a duration reads in an error message."""
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def at_least(minimum: float) -> Callable[[float], float]:
+    """A validator rejecting durations shorter than ``minimum`` seconds."""
+    def check(seconds: float) -> float:
+        if seconds < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)} (got {format_duration(seconds)})")
+        return seconds
+    return check
+
+
+Interval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(at_least(MIN_INTERVAL))]
+"""A poll interval (``every:``): a :data:`Duration` of at least :data:`MIN_INTERVAL`."""
+
+Timeout = Annotated[float, BeforeValidator(parse_duration), AfterValidator(at_least(MIN_TIMEOUT))]
+"""A network timeout: a :data:`Duration` of at least :data:`MIN_TIMEOUT`."""
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 """A size in bytes, written in config as ``512KB`` or ``50MB`` (multiples of 1024)."""

@@ -42,6 +42,13 @@ class PluginLoadError(PopflowError):
         super().__init__(f"plugin {plugin!r} failed to load: {reason}")
 
 
+class StorageError(PopflowError):
+    """popflow's own files under ``data_dir`` cannot be written (read-only, full, no permission).
+
+    The message names the path; the poll stops with it, and the message in hand stays on the server.
+    """
+
+
 class DeliveryError(PopflowError):
     """Base class of errors about one message."""
 

@@ -5,18 +5,26 @@ The raw bytes are the source of truth: parsers read them, sinks store them uncha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
+
+from popflow.private import mkdirs_private
 
 SPOOL_THRESHOLD = 1024 * 1024
 """Messages larger than this are kept in a spool file instead of memory."""
 
 CHUNK = 256 * 1024
+
+# Errors of the spool file itself (not of the network feeding it): they get the file's name.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES,
+                          errno.EPERM})
 
 
 class RawMessage:
@@ -57,16 +65,21 @@ class RawMessage:
                 buffer += chunk
                 if len(buffer) > threshold:
                     if spool_dir is not None:
-                        spool_dir.mkdir(parents=True, exist_ok=True)
+                        mkdirs_private(spool_dir)  # mkstemp makes the file 0600; the folder is 0700
                     fd, name = tempfile.mkstemp(prefix="spool-", suffix=".eml", dir=spool_dir)
                     spool = os.fdopen(fd, "wb")
                     path = Path(name)
                     spool.write(buffer)
                     buffer = bytearray()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS and exc.filename is None:
+                exc.filename = str(path or spool_dir)  # "No space left on device" alone names no file
             if spool is not None:
-                spool.close()
-                path.unlink(missing_ok=True)  # type: ignore[union-attr]
+                # A failing cleanup must not hide why the spool failed.
+                with suppress(OSError):
+                    spool.close()
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)  # type: ignore[union-attr]
             raise
         if spool is None:
             return cls(bytes(buffer), sha256=digest.hexdigest())

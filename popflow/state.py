@@ -43,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from popflow import migrate
 from popflow.errors import PopflowError
+from popflow.private import ensure_private_sqlite
 
 metadata = MetaData()
 
@@ -253,6 +254,7 @@ class StateStore:
         if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         self.shown_url = parsed.render_as_string(hide_password=True)
+        ensure_private_sqlite(parsed)  # the ledger is private: 0600, and -wal/-shm follow the main file
         self.engine = create_engine(parsed, future=True, pool_pre_ping=True)
         if parsed.get_backend_name() == "sqlite":
             _sqlite_pragmas(self.engine)

@@ -8,11 +8,13 @@ final name; leftovers from a crash are removed at the next start.
 from __future__ import annotations
 
 import json
-import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+from popflow.errors import StorageError
+from popflow.private import mkdirs_private, write_private_atomic
 from popflow.raw import RawMessage
 
 
@@ -29,18 +31,20 @@ class MessageStore:
     def put(self, raw: RawMessage, details: dict[str, Any] | None = None) -> Path:
         """Store raw bytes (once per SHA-256) and an optional JSON sidecar; returns the path."""
         final = self.path_for(raw.sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if not final.exists():
-            temporary = final.with_suffix(f".tmp-{os.getpid()}")
-            with open(temporary, "wb") as handle:
-                for chunk in raw.iter_chunks():
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-        if details is not None:
-            sidecar = final.with_suffix(".json")
-            sidecar.write_text(json.dumps(details, indent=2, default=str), encoding="utf-8")
+        try:
+            mkdirs_private(final.parent)
+            if not final.exists():
+                # Private (0600), unpredictable and never through a planted symlink (O_EXCL|O_NOFOLLOW);
+                # the ``.tmp-`` infix is what clean_partial() looks for after a crash.
+                write_private_atomic(final, raw.iter_chunks(), temp=final.with_suffix(f".tmp-{secrets.token_hex(8)}"))
+            if details is not None:
+                sidecar = json.dumps(details, indent=2, default=str).encode("utf-8")
+                write_private_atomic(final.with_suffix(".json"), [sidecar],
+                                     temp=final.with_suffix(f".json.tmp-{secrets.token_hex(8)}"))
+        except OSError as exc:
+            where = exc.filename or final
+            raise StorageError(f"cannot keep a copy of the message under {where}: "
+                               f"{exc.strerror or exc}") from exc
         return final
 
     def get(self, sha256: str) -> RawMessage:

@@ -18,7 +18,7 @@ from popflow.message import Attachment, Body, Message
 from popflow.plugins import Registry
 from popflow.raw import RawMessage
 from popflow.sinks import folder as folder_module
-from popflow.sinks.folder import FolderConfig, FolderSink, delivery_key
+from popflow.sinks.folder import STALE_TMP_SECONDS, FolderConfig, FolderSink, delivery_key
 
 RAW = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody \xff\xfe bytes\r\n.\r\n"
 
@@ -338,7 +338,10 @@ def test_eml_completes_an_interrupted_attempt(tmp_path: Path) -> None:
     month = tmp_path / "mail" / "support" / "2023" / "01"
     month.mkdir(parents=True)
     (month / f"{key}.eml").write_bytes(b"partial")  # an attempt that died before its .json
-    (month / f".{key}.json.popflow-tmp").write_bytes(b"{")
+    leftover = month / f".{key}.json.0123456789abcdef.popflow-tmp"
+    leftover.write_bytes(b"{")
+    old = time.time() - STALE_TMP_SECONDS - 60
+    os.utime(leftover, (old, old))  # temp names are random: a leftover is swept once it is stale
     sink = make_sink(tmp_path, layout="eml")
     sink.write(make_message(date=datetime(2023, 1, 2)))
     sink.commit()

@@ -106,7 +106,7 @@ def prepare_dir(directory: Path) -> None:
     if directory.is_dir() and any(directory.iterdir()) and not (directory / MARKER).exists():
         raise DemoDirError(f"{directory} is not empty and was not made by `popflow demo`; "
                            "choose another folder with --dir")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold mail and a ledger
     for name in DEMO_FILES:
         path = directory / name
         if path.is_dir() and not path.is_symlink():

@@ -36,10 +36,11 @@ from sqlalchemy.engine import URL, make_url
 
 from popflow import hookimpl
 from popflow.config import SinkSettings
-from popflow.durations import Duration
+from popflow.durations import Duration, Timeout
 from popflow.errors import ConfigError, DeadLetterError, DeliveryError, RetryableError
 from popflow.message import Message
 from popflow.migrate import current_revision, head_revision, upgrade
+from popflow.private import ensure_private_sqlite
 from popflow.sinks.base import Sink
 from popflow.sinks.db_rows import attachment_rows, message_row
 from popflow.sinks.db_schema import SinkTables, tables_for, validate_prefix
@@ -69,7 +70,7 @@ class DatabaseConfig(SinkSettings):
     """Also store the raw message bytes in ``raw``."""
     store_attachments: bool = False
     """Also store each attachment's bytes in ``content``."""
-    connect_timeout: Duration = 10.0
+    connect_timeout: Timeout = 10.0
     """Seconds to wait for a connection (SQLite: for a lock)."""
     pool_recycle: Duration = 1800.0
     """Replace pooled connections older than this (servers drop idle ones)."""
@@ -181,6 +182,7 @@ class DatabaseSink(Sink):
         options: dict[str, Any] = {}
         if backend == "sqlite":
             connect_args["timeout"] = self.config.connect_timeout
+            ensure_private_sqlite(url)  # mail: 0600, and SQLite gives -wal/-shm the same mode
         else:
             if "connect_timeout" not in url.query:
                 connect_args["connect_timeout"] = timeout

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +44,7 @@ from popflow.context import RuntimeContext
 from popflow.errors import RetryableError
 from popflow.hookspecs import hookimpl
 from popflow.message import Message
+from popflow.private import DIR_MODE, TEMP_SUFFIX, open_new_private, temp_name, write_all
 from popflow.safenames import safe_filename, unique_name
 from popflow.sinks.base import Sink
 
@@ -53,8 +55,6 @@ STALE_TMP_SECONDS = 36 * 3600
 
 MAILDIR_SUFFIX = ".popflow"
 _KEY_RE = re.compile(r"^([0-9a-f]{32})\.popflow(?:$|[:!;,])")
-_FILE_MODE = 0o600  # mail is private by default
-_DIR_MODE = 0o700
 _counter = itertools.count(1)
 
 
@@ -105,6 +105,7 @@ class FolderSink(Sink):
         self._pending: list[_Pending] = []  # group commit: written (and fsynced) in the background
         self._pool: ThreadPoolExecutor | None = None
         self._dirty_dirs: set[Path] = set()  # directories to fsync at commit()
+        self._swept: set[Path] = set()  # eml folders already cleaned of stale temp files
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -158,7 +159,7 @@ class FolderSink(Sink):
         for item in pending:
             _wait(item.done)  # a write still running would recreate the file after the unlink
             self._known.discard(item.key)
-            with suppress(FileNotFoundError):
+            with suppress(OSError):  # gone already, or a read-only folder: nothing to clean
                 os.unlink(item.tmp)
 
     def close(self) -> None:
@@ -169,13 +170,14 @@ class FolderSink(Sink):
             self._pool = None
         self._opened = False
         self._known.clear()
+        self._swept.clear()
 
     def check(self) -> str:
         """Create the folder and prove it is writable; say what it holds."""
         self.open()
         try:
             probe_dir = self.root / "tmp" if self.config.layout == "maildir" else self.root
-            probe = probe_dir / f".popflow-check.{os.getpid()}.{next(_counter)}"
+            probe = probe_dir / f".popflow-check.{os.getpid()}.{next(_counter)}.{secrets.token_hex(6)}"
             self._write_file(probe, [b"ok\n"], sync=False, in_place=True)
             probe.unlink()
             if self.config.layout == "maildir":
@@ -197,8 +199,9 @@ class FolderSink(Sink):
         # Plain strings, not Path objects: two Path joins per file cost more than the f-strings.
         root = self._root_str
         final = f"{root}/new/{key}{MAILDIR_SUFFIX}"
-        # Unique in tmp/ even across processes and retries: time, pid, counter (Maildir style).
-        tmp = f"{root}/tmp/{time.time_ns()}.P{os.getpid()}Q{next(_counter)}.{key}"
+        # Unique in tmp/ even across processes and retries: time, pid, counter (Maildir style), and
+        # a random part so nobody can plant a file there first (it is opened O_EXCL anyway).
+        tmp = f"{root}/tmp/{time.time_ns()}.P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(6)}.{key}"
         if self.config.group_commit and _SYNCFS is not None and self.config.fsync:
             # Written now without an fsync; commit() flushes the whole batch with one syncfs(2)
             # before the first rename, so no file reaches new/ before its bytes are on disk.
@@ -223,7 +226,7 @@ class FolderSink(Sink):
                 os.rename(tmp, final)
         except RetryableError:
             self._known.discard(key)
-            with suppress(FileNotFoundError):
+            with suppress(OSError):  # a failing cleanup must not hide why the rename failed
                 os.unlink(tmp)
             raise
         self._dirty_dirs.add(self.root / "new")
@@ -262,6 +265,7 @@ class FolderSink(Sink):
             now = datetime.now(UTC)
             month_dir = source_dir / f"{now.year:04d}" / f"{now.month:02d}"
         self._makedirs(month_dir)
+        self._sweep_stale_temps(month_dir)
         self._write_file(month_dir / f"{key}.eml", message.raw.iter_chunks())
         message.load_body()
         saved: dict[int, str] = {}
@@ -277,6 +281,7 @@ class FolderSink(Sink):
     def _save_attachments(self, message: Message, folder: Path) -> dict[int, str]:
         """Save each attachment under a safe, unique name; returns index → path relative to root."""
         self._makedirs(folder)
+        self._sweep_stale_temps(folder)
         taken: set[str] = set()
         saved = {}
         for index, attachment in enumerate(message.attachments):
@@ -294,6 +299,24 @@ class FolderSink(Sink):
         data["popflow"] = {"id": key, "eml": f"{key}.eml", "delivered_at": datetime.now(UTC).isoformat()}
         return json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
 
+    def _sweep_stale_temps(self, folder: Path) -> None:
+        """Remove temp files a crashed attempt left in ``folder`` (once per folder per poll).
+
+        Temp names are random, so a retry cannot reuse its predecessor's file; like a Maildir's
+        tmp/, leftovers older than :data:`STALE_TMP_SECONDS` are removed (a symlink is removed,
+        never followed).
+        """
+        if folder in self._swept:
+            return
+        self._swept.add(folder)
+        cutoff = time.time() - STALE_TMP_SECONDS
+        with suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
+                    with suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+
     @staticmethod
     def _month_dirs_holding(source_dir: Path, name: str) -> Iterator[Path]:
         for month_dir in source_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]"):
@@ -307,18 +330,18 @@ class FolderSink(Sink):
 
         ``in_place`` writes ``final`` directly: for a Maildir's tmp/ file, never visible to a MUA.
         """
-        temp = final if in_place else Path(final).with_name(f".{Path(final).name}.popflow-tmp")
+        # An unpredictable name opened O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600: whoever can write the
+        # folder cannot plant a symlink (or a file) that popflow would write through.
+        temp = final if in_place else temp_name(final)
+        created = False
         try:
             with self._os_errors("write", final):
-                # O_TRUNC: a temp file left by a crashed attempt is reused, not appended to.
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+                fd = open_new_private(temp)
+                created = True
                 try:
                     # os.write on the descriptor: a Python file object adds fstat, ioctl and lseek
                     # calls and a buffer copy per file, for chunks that are written whole anyway.
-                    for chunk in chunks:
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view):]
+                    write_all(fd, chunks)
                     if sync and self.config.fsync:
                         os.fsync(fd)
                 finally:
@@ -326,8 +349,9 @@ class FolderSink(Sink):
                 if not in_place:
                     os.replace(temp, final)
         except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(temp)
+            if created:
+                with suppress(OSError):  # a failing cleanup (EROFS, EIO) must not hide the real error
+                    os.unlink(temp)
             raise
 
     def _sync_dir(self, path: Path) -> None:
@@ -368,7 +392,7 @@ class FolderSink(Sink):
         for directory in reversed(missing):
             with self._os_errors("create folder", directory):
                 try:
-                    directory.mkdir(mode=_DIR_MODE)
+                    directory.mkdir(mode=DIR_MODE)  # mail is private by default
                 except FileExistsError:
                     if not directory.is_dir():
                         raise

@@ -29,7 +29,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from popflow import __version__
 from popflow.config import SinkSettings
 from popflow.context import RuntimeContext
-from popflow.durations import Duration, Size
+from popflow.durations import Duration, Size, Timeout
 from popflow.errors import ConfigError, DeadLetterError, RetryableError
 from popflow.hookspecs import hookimpl
 from popflow.message import Message
@@ -70,7 +70,7 @@ class WebhookConfig(SinkSettings):
 
     url: str
     secret: SecretStr | None = None
-    timeout: Duration = 10.0
+    timeout: Timeout = 10.0
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     """Extra request headers; their values are treated as secrets (never logged or shown)."""
     attachments: Literal["none", "metadata", "inline"] = "metadata"
@@ -114,8 +114,6 @@ class WebhookConfig(SinkSettings):
     def _consistent(self) -> WebhookConfig:
         import httpx
 
-        if self.timeout <= 0:
-            raise ValueError("'timeout' must be longer than 0s")
         # httpx turns user:password@ into an Authorization header that silently replaces ours.
         if httpx.URL(self.url).userinfo and any(name.lower() == "authorization" for name in self.headers):
             raise ValueError("give credentials either in the URL or in an Authorization header, not both")

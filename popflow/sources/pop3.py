@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from popflow.config import SourceSettings, secret_value
-from popflow.durations import Duration
+from popflow.durations import Timeout
 from popflow.errors import AuthenticationError
 from popflow.hookspecs import hookimpl
 from popflow.sources.base import Source
@@ -49,7 +49,7 @@ class Pop3Config(SourceSettings):
     """XOAUTH2: a command printing a fresh access token (a string runs via ``/bin/sh -c``)."""
     oauth2_token_file: Path | None = None
     """XOAUTH2: a file holding the access token (kept fresh by something else)."""
-    timeout: Duration = 30.0
+    timeout: Timeout = 30.0
     pipelining: bool = True
     """Pipeline RETR/DELE (RFC 2449) when the server advertises PIPELINING."""
     pipeline_window: int = Field(default=64, ge=1, le=10000)
@@ -73,8 +73,6 @@ class Pop3Config(SourceSettings):
     def _consistent(self) -> Pop3Config:
         if self.port is None:
             self.port = DEFAULT_PORTS[self.tls]
-        if self.timeout <= 0:
-            raise ValueError("'timeout' must be longer than 0s")
         if self.tls == "none" and not self.allow_insecure:
             raise ValueError("tls: none sends mail (and maybe the password) unencrypted; "
                              "set allow_insecure: true to allow it, or use tls: implicit or starttls")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from popflow import Message, ScanVerdict, hookimpl
-from popflow.durations import Duration
+from popflow.durations import Timeout
 from popflow.errors import ConfigError
 from popflow_clamav.client import DEFAULT_ADDRESS, ClamdClient, ClamdError, ScanResult
 
@@ -36,7 +36,7 @@ class ClamavOptions(BaseModel):
     """clamd's TCP socket as ``host:port`` (clamd.conf ``TCPSocket``/``TCPAddr``)."""
     socket: str | None = None
     """clamd's unix socket path (clamd.conf ``LocalSocket``), instead of ``address``."""
-    timeout: Duration = 30.0
+    timeout: Timeout = 30.0
     """For connecting, each send and waiting for the verdict."""
     on_error: Literal["defer", "quarantine", "deliver"] = "defer"
     """What the pipeline does when clamd cannot give a verdict (see the README)."""
