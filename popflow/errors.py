@@ -77,5 +77,18 @@ class SourceConnectionError(SourceFatalError):
     """The connection to the mail server failed or was dropped."""
 
 
+class ServerMisbehaved(SourceConnectionError):
+    """The server broke the protocol (a reply past its bound, a trickle past its deadline).
+
+    The session cannot go on (the reply was not read to its end). ``message_number`` names the
+    message whose reply it was, when there was one: the poller records that message as skipped, so
+    the next polls leave it on the server and the rest of the mailbox flows.
+    """
+
+    def __init__(self, message: str, *, message_number: int | None = None) -> None:
+        super().__init__(message)
+        self.message_number = message_number
+
+
 class AuthenticationError(SourceFatalError):
     """The server refused the credentials or the authentication mechanism."""

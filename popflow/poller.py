@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from popflow.delivery import Deliverer, Item, SinkRunner
-from popflow.errors import DeliveryError, PopflowError
+from popflow.errors import DeliveryError, PopflowError, SourceConnectionError
 from popflow.outcome import Outcome, PollCounts
 from popflow.pipeline import Pipeline, describe_error
 from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
@@ -54,6 +54,17 @@ class PollReport:
         if self.stopped:
             text += " (stopped early)"
         return text
+
+
+@dataclass
+class _Batch:
+    """What one batch retrieved so far: outcomes decided before delivery, items to deliver, raw bytes."""
+
+    outcomes: list[tuple[Listing, Outcome]] = field(default_factory=list)
+    items: list[tuple[Listing, Item]] = field(default_factory=list)
+    raws: list[RawMessage] = field(default_factory=list)
+    recognised: list[tuple[Listing, LedgerRow]] = field(default_factory=list)
+    """Fetched messages that proved to be ones already handled (not delivered again)."""
 
 
 class Poller:
@@ -180,45 +191,55 @@ class Poller:
 
     def _run_batch(self, session: SourceSession, batch: list[Listing], counts: PollCounts) -> list[str]:
         """Retrieve, process and deliver one batch; record it; DELE what was handled. Returns DELE'd UIDLs."""
-        outcomes: list[tuple[Listing, Outcome]] = []
-        items: list[tuple[Listing, Item]] = []
-        raws: list[RawMessage] = []
-        recognised: list[tuple[Listing, LedgerRow]] = []
+        work = _Batch()
+        lost: SourceConnectionError | None = None
         try:
-            for listing, fetched in session.retrieve_many(batch):
-                if isinstance(fetched, DeliveryError):
-                    counts.errors += 1
-                    log.warning("%s/%s could not be retrieved, left on the server: %s", self.source.name,
-                                listing.uidl, describe_error(fetched))
-                    continue
-                counts.fetched += 1
-                raws.append(fetched)
-                self._heads[listing.uidl] = header_digest(fetched.head())
-                earlier = self._recheck.get(listing.uidl)
-                if earlier:
-                    same = next((row for row in earlier if row.sha256 == fetched.sha256), None)
-                    if same is not None:
-                        recognised.append((listing, same))  # a message already handled: no delivery
-                        continue
-                    self._gone.append(earlier[0].key)  # a new message behind a remembered UIDL
-                prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
-                if isinstance(prepared, Outcome):
-                    outcomes.append((listing, prepared))
-                else:
-                    items.append((listing, Item(listing.uidl, fetched, prepared.message, prepared.sinks)))
-                if self.stop.is_set():
-                    self.stopped_early = True
-                    break  # finish what was retrieved so far, then QUIT
+            try:
+                self._retrieve(session, batch, counts, work)
+            except SourceConnectionError as exc:
+                lost = exc  # deliver and record what arrived before the connection failed; no DELE
+            items = work.items
             already = self.state.deliveries_pending(self.source.name, [item.uidl for _, item in items])
             self.deliverer.deliver_batch([item for _, item in items], already)
-            outcomes += [(listing, item.outcome()) for listing, item in items]
+            outcomes = work.outcomes + [(listing, item.outcome()) for listing, item in items]
             if self._gone:
                 self.state.record_gone(self.source.name, self._gone)
                 self._gone = []
-            return self._record_and_delete(session, outcomes, counts) + self._delete_recognised(session, recognised)
+            if lost is not None:
+                self._record_and_delete(session, outcomes, counts, may_delete=False)
+                raise lost
+            return (self._record_and_delete(session, outcomes, counts)
+                    + self._delete_recognised(session, work.recognised))
         finally:
-            for raw in raws:
+            for raw in work.raws:
                 raw.discard()
+
+    def _retrieve(self, session: SourceSession, batch: list[Listing], counts: PollCounts, work: _Batch) -> None:
+        """Retrieve the batch and run each message through the stages before delivery."""
+        for listing, fetched in session.retrieve_many(batch):
+            if isinstance(fetched, DeliveryError):
+                counts.errors += 1
+                log.warning("%s/%s could not be retrieved, left on the server: %s", self.source.name,
+                            listing.uidl, describe_error(fetched))
+                continue
+            counts.fetched += 1
+            work.raws.append(fetched)
+            self._heads[listing.uidl] = header_digest(fetched.head())
+            earlier = self._recheck.get(listing.uidl)
+            if earlier:
+                same = next((row for row in earlier if row.sha256 == fetched.sha256), None)
+                if same is not None:
+                    work.recognised.append((listing, same))  # a message already handled: no delivery
+                    continue
+                self._gone.append(earlier[0].key)  # a new message behind a remembered UIDL
+            prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
+            if isinstance(prepared, Outcome):
+                work.outcomes.append((listing, prepared))
+            else:
+                work.items.append((listing, Item(listing.uidl, fetched, prepared.message, prepared.sinks)))
+            if self.stop.is_set():
+                self.stopped_early = True
+                break  # finish what was retrieved so far, then QUIT
 
     def _delete_recognised(self, session: SourceSession, recognised: list[tuple[Listing, LedgerRow]]) -> list[str]:
         """DELE fetched messages that proved to be ones already handled; returns their ledger keys.
@@ -240,7 +261,7 @@ class Poller:
         return [row.key for listing, row in recognised if listing not in failed]
 
     def _record_and_delete(self, session: SourceSession, outcomes: list[tuple[Listing, Outcome]],
-                           counts: PollCounts) -> list[str]:
+                           counts: PollCounts, *, may_delete: bool = True) -> list[str]:
         handled: list[HandledMessage] = []
         delivered: list[tuple[str, str, str]] = []
         partial: list[tuple[str, str, str]] = []
@@ -266,7 +287,7 @@ class Poller:
             self.state.record_deliveries(partial)
         if handled:
             self.state.record_handled(handled, delivered)
-        if self.settings.keep_on_server or not to_delete:
+        if self.settings.keep_on_server or not to_delete or not may_delete:
             return []
         failed = session.delete(to_delete) or []
         if failed:

@@ -18,9 +18,9 @@ from popflow.context import RuntimeContext
 from popflow.errors import DeferMessage, DeliveryError, SourceConnectionError, SourceFatalError
 from popflow.raw import RawMessage
 from popflow.sources.base import Listing, SessionInfo, SourceSession
-from popflow.sources.keys import header_digest
+from popflow.sources.keys import header_digest, uidl_text
 from popflow.sources.pop3_auth import AuthRequest, authenticate
-from popflow.sources.pop3_wire import Pop3Wire, Response
+from popflow.sources.pop3_wire import MAX_BODY, Pop3Wire, Response
 from popflow.sources.tls import make_ssl_context
 
 if TYPE_CHECKING:
@@ -44,17 +44,39 @@ def parse_capabilities(body: bytes) -> dict[str, list[str]]:
     return capabilities
 
 
-def _numbered(body: bytes, what: str) -> dict[int, str]:
-    """``n value`` lines of a LIST or UIDL reply."""
-    result: dict[int, str] = {}
+DRAIN_LIMIT = 2**40
+"""Replies in flight when a pipelined exchange ends early are read to their end (stop, deadlines apply)."""
+CAPA_LIMIT = 64 * 1024
+"""Longest CAPA reply accepted."""
+HEADER_LIMIT = 4 * 1024 * 1024
+"""Longest ``TOP n 0`` reply (a header block) accepted."""
+LISTING_LINE = 512
+"""Bytes allowed per line of a LIST or UIDL reply (RFC 1939 UIDLs are at most 70 octets)."""
+MAX_SIZE_VALUE = 2**63
+"""A size from LIST at or above this is impossible (and does not fit the ledger's BIGINT)."""
+
+
+def retr_limit(announced: int) -> int:
+    """How far a RETR may run past the size LIST announced before it is cut off.
+
+    Generous for honest servers: Courier serves a CRLF message as CR CR LF, so RETR can exceed LIST
+    by up to half; some servers count LF line endings. Twice the size plus 1 MB covers them.
+    """
+    return 2 * announced + 1024 * 1024
+
+
+def _numbered(body: bytes, what: str, label: str) -> dict[int, bytes]:
+    """``n value`` lines of a LIST or UIDL reply; lines without a usable message number are ignored."""
+    result: dict[int, bytes] = {}
     for line in body.split(b"\n"):
-        words = line.split()
-        if not words:
+        line = line.strip()
+        if not line:
             continue
-        try:
-            result[int(words[0])] = words[1].decode("ascii", "replace")
-        except (ValueError, IndexError):
-            raise SourceConnectionError(f"malformed {what} line {line[:80]!r}") from None
+        number, _, value = line.partition(b" ")
+        if not number.isdigit() or int(number) < 1:
+            log.warning("%s: ignored a malformed %s line %s", label, what, uidl_text(line[:80]))
+            continue
+        result[int(number)] = value.strip()
     return result
 
 
@@ -120,6 +142,7 @@ class Pop3Session(SourceSession):
             context = make_ssl_context(self.context.resolve(cfg.ca_file) if cfg.ca_file else None,
                                        verify=cfg.tls_verify)
         self._wire = wire = Pop3Wire.open(host, port, cfg.timeout)
+        wire.stop = self.context.stop
         if cfg.tls == "implicit":
             assert context is not None
             wire.start_tls(context)
@@ -161,7 +184,7 @@ class Pop3Session(SourceSession):
         reply = self.wire.read_response()
         if not reply.ok:
             return {}
-        return parse_capabilities(self.wire.read_body())
+        return parse_capabilities(self._read_small_body(CAPA_LIMIT, "the CAPA reply"))
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -202,7 +225,7 @@ class Pop3Session(SourceSession):
                 try:
                     for _ in range(sent - done):
                         if self.wire.read_response().ok and multiline:
-                            self.wire.skip_body()
+                            self.wire.skip_body(DRAIN_LIMIT)
                 except SourceConnectionError:
                     self._broken = True
                     raise
@@ -219,34 +242,39 @@ class Pop3Session(SourceSession):
             raise SourceConnectionError(f"{self.label}: malformed STAT reply {reply.text[:80]!r}") from None
 
     def list_messages(self) -> list[Listing]:
-        """Every message with its UIDL and size: one LIST and one UIDL (pipelined together if allowed)."""
-        sizes: dict[int, str] = {}
+        """Every message with its UIDL and size: one LIST and one UIDL (pipelined together if allowed).
+
+        An entry the server lists unusably (an impossible size, no UIDL) comes back with its
+        ``problem`` set; the poller skips that message and the others flow.
+        """
+        limit = min(MAX_BODY, (self.info.message_count + 16) * LISTING_LINE + 64 * 1024)
+        sizes: dict[int, bytes] = {}
         uids: dict[int, str] | None = None
         for index, reply in self._exchange([b"LIST\r\n", b"UIDL\r\n"], multiline=True):
             if index == 0:
                 if not reply.ok:
                     raise SourceFatalError(f"{self.label}: LIST failed: {reply.text}")
-                sizes = _numbered(self._read_small_body(), "LIST")
+                sizes = _numbered(self._read_small_body(limit, "the LIST reply"), "LIST", self.label)
             elif reply.ok:
-                uids = _numbered(self._read_small_body(), "UIDL")
+                uids = {number: uidl_text(value) for number, value in
+                        _numbered(self._read_small_body(limit, "the UIDL reply"), "UIDL", self.label).items()}
         if uids is None:
             uids = self._header_keys(sorted(sizes))
         listings = []
         for number in sorted(sizes):
-            uid = uids.get(number)
-            if uid is None:
-                log.warning("%s: message %d has no UIDL; skipped this poll", self.label, number)
-                continue
-            try:
-                size = int(sizes[number])
-            except ValueError:
-                raise SourceConnectionError(f"{self.label}: malformed LIST size for message {number}") from None
-            listings.append(Listing(number=number, uidl=uid, size=size))
+            uid = uids.get(number, "")
+            problem = None if uid else "listed without a UIDL"
+            text = sizes[number].split(b" ")[0]
+            size = int(text) if text.isdigit() else -1
+            if not 0 <= size < MAX_SIZE_VALUE:
+                size = 0
+                problem = f"the server announced an impossible size {uidl_text(text[:40])!r}"
+            listings.append(Listing(number=number, uidl=uid, size=size, problem=problem))
         return listings
 
-    def _read_small_body(self) -> bytes:
+    def _read_small_body(self, limit: int, what: str, number: int | None = None) -> bytes:
         try:
-            return self.wire.read_body()
+            return self.wire.read_body(limit, what=what, message_number=number)
         except SourceConnectionError:
             self._broken = True
             raise
@@ -265,7 +293,8 @@ class Pop3Session(SourceSession):
                                        f"({reply.text}); cannot identify messages safely")
             digest = hashlib.sha256()
             try:
-                for chunk in self.wire.iter_body():
+                for chunk in self.wire.iter_body(HEADER_LIMIT, what=f"TOP {numbers[index]} 0",
+                                                 message_number=numbers[index]):
                     digest.update(chunk)
             except SourceConnectionError:
                 self._broken = True
@@ -277,7 +306,9 @@ class Pop3Session(SourceSession):
 
     def _collect(self, listing: Listing) -> RawMessage:
         try:
-            return RawMessage.from_chunks(self.wire.iter_body(), spool_dir=self.context.spool_dir)
+            body = self.wire.iter_body(retr_limit(listing.size), message_number=listing.number,
+                                       what=f"RETR {listing.number} ({listing.size} bytes listed)")
+            return RawMessage.from_chunks(body, spool_dir=self.context.spool_dir)
         except SourceConnectionError:
             self._broken = True
             raise
@@ -317,7 +348,8 @@ class Pop3Session(SourceSession):
         digests: dict[int, str] = {}
         for index, reply in self._exchange([b"TOP %d 0\r\n" % item.number for item in wanted], multiline=True):
             if reply.ok:
-                digests[wanted[index].number] = header_digest(self._read_small_body())
+                number = wanted[index].number
+                digests[number] = header_digest(self._read_small_body(HEADER_LIMIT, f"TOP {number} 0", number))
         return digests
 
     def delete(self, listings: Iterable[Listing]) -> list[Listing]:

@@ -20,17 +20,27 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from popflow.errors import SourceConnectionError
+from popflow.errors import ServerMisbehaved, SourceConnectionError
 from popflow.sources.tls import wrap_socket
 
 RECV_SIZE = 256 * 1024
+MAX_BODY = 64 * 1024 * 1024
+"""Hard ceiling of a multi-line reply that is not a message (LIST and UIDL of a huge mailbox fit)."""
 MAX_STATUS_LINE = 64 * 1024
 """A status line longer than this is not POP3: give up instead of buffering without end."""
 LONG_LINE_FLUSH = 256 * 1024
 """Inside a very long body line, hand out what we have once the buffer holds this much."""
+MIN_RATE = 64 * 1024
+"""Bytes per second a body must at least arrive at: its deadline is ``timeout + size / MIN_RATE``."""
+RECV_SLICE = 1.0
+"""Longest single wait in ``recv``, so a stop request and the deadlines are noticed within a second."""
+STOP_GRACE = 5.0
+"""After a stop request, how long a read may still wait (a message arriving at normal speed finishes)."""
 
 _CRLF = b"\r\n"
 _TERMINATOR = b"\r\n.\r\n"
@@ -67,6 +77,11 @@ class Pop3Wire:
         self.recv_size = recv_size
         self._buf = bytearray()
         self._pos = 0
+        self.stop: threading.Event | None = None
+        """Set by a stop request (SIGTERM): waits end within :data:`STOP_GRACE` seconds."""
+        self._deadline: float | None = None
+        self._deadline_text = ""
+        self._stop_seen: float | None = None
         sock.settimeout(timeout)
 
     @classmethod
@@ -132,16 +147,45 @@ class Pop3Wire:
             f"{self.host}:{self.port}: timed out after {self.timeout:g}s {doing}"
         )
 
+    def set_deadline(self, seconds: float, what: str) -> None:
+        """The current reply must be complete within ``seconds`` (a trickling server is cut off)."""
+        self._deadline = time.monotonic() + seconds
+        self._deadline_text = f"timed out after {seconds:g}s {what}"
+
+    def _recv(self) -> bytes:
+        """One ``recv`` bounded by the idle timeout, the reply's deadline and a stop request."""
+        idle_until = time.monotonic() + self.timeout
+        while True:
+            now = time.monotonic()
+            until, why = idle_until, None
+            if self._deadline is not None and self._deadline < until:
+                until, why = self._deadline, self._deadline_text
+            if self.stop is not None and self.stop.is_set():
+                if self._stop_seen is None:
+                    self._stop_seen = now
+                if self._stop_seen + STOP_GRACE < until:
+                    until, why = self._stop_seen + STOP_GRACE, "stop requested"
+            if now >= until:
+                if why is None:
+                    raise self._timeout_error("waiting for the server")
+                self.close()  # the reply was not read to its end: this connection is done
+                raise SourceConnectionError(f"{self.host}:{self.port}: {why}; connection dropped")
+            self.sock.settimeout(min(until - now, RECV_SLICE))
+            try:
+                return self.sock.recv(self.recv_size)
+            except TimeoutError:
+                continue
+
     def _fill(self) -> None:
         """Receive more bytes into the buffer (compacting what was consumed)."""
         if self._pos:
             del self._buf[:self._pos]  # cheap: CPython trims a bytearray's front in place
             self._pos = 0
         try:
-            data = self.sock.recv(self.recv_size)
-        except TimeoutError:
-            raise self._timeout_error("waiting for the server") from None
+            data = self._recv()
         except OSError as exc:
+            if isinstance(exc, SourceConnectionError):
+                raise
             raise SourceConnectionError(f"{self.host}:{self.port}: connection lost: {exc}") from None
         if not data:
             raise SourceConnectionError(f"{self.host}:{self.port}: the server closed the connection")
@@ -161,6 +205,7 @@ class Pop3Wire:
 
     def read_response(self) -> Response:
         """A single-line response; anything not ``+OK``/``-ERR``/``+`` is a protocol error."""
+        self.set_deadline(self.timeout, "waiting for the server")
         line = self.read_line()
         text = line.decode("utf-8", "replace")
         if line.startswith(b"+OK"):
@@ -180,38 +225,58 @@ class Pop3Wire:
         else:
             self._buf[self._pos:self._pos] = _CRLF
 
-    def iter_body(self) -> Iterator[bytes]:
+    def iter_body(self, limit: int = MAX_BODY, *, what: str = "a reply", message_number: int | None = None,
+                  expected: int | None = None) -> Iterator[bytes]:
         """The unstuffed body of a multi-line response, in chunks, up to its terminator.
 
         Call right after a ``+OK`` from :meth:`read_response`. The generator must be exhausted
-        before the next response is read (use :meth:`skip_body` to discard one).
+        before the next response is read (use :meth:`skip_body` to discard one). A body longer than
+        ``limit`` bytes, or slower than ``timeout + (expected or limit) / MIN_RATE`` seconds, raises
+        :class:`~popflow.errors.ServerMisbehaved` (naming ``message_number``); the connection is
+        then unusable.
         """
+        seconds = self.timeout + (expected if expected is not None else limit) / MIN_RATE
+        self.set_deadline(round(seconds, 1), f"receiving {what} (too slow: under {MIN_RATE // 1024} KB/s)")
         self._status_then_body_start()
         lead = 2  # the region starts with an already-consumed CRLF
+        received = 0
         while True:
             buf = self._buf
             start = self._pos
             end_term = buf.find(_TERMINATOR, start)
             if end_term >= 0:
+                if received + end_term - start - lead > limit:
+                    raise self._too_long(what, limit, message_number)
                 self._pos = end_term + 5
                 if end_term + 2 - start > lead:
                     yield self._unstuff(buf, start, end_term + 2, lead)
                 return
+            if received + len(buf) - start - lead > limit:
+                raise self._too_long(what, limit, message_number)
             cut = buf.rfind(_CRLF, start + lead)
             if cut >= 0:
                 # Hand out complete lines; the CRLF at ``cut`` stays as the next region's lead.
                 if cut + 2 - start > lead:
-                    yield self._unstuff(buf, start, cut + 2, lead)
+                    chunk = self._unstuff(buf, start, cut + 2, lead)
+                    received += len(chunk)
+                    yield chunk
                 self._pos = cut
                 lead = 2
             elif len(buf) - start > LONG_LINE_FLUSH:
                 # Deep inside one long line: no CRLF after the lead, so only a stuffed dot right at
                 # the lead can need unstuffing. Keep a trailing CR, it may begin a CRLF.
                 stop = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
-                yield self._unstuff(buf, start, stop, lead)
+                chunk = self._unstuff(buf, start, stop, lead)
+                received += len(chunk)
+                yield chunk
                 self._pos = stop
                 lead = 0
             self._fill()
+
+    def _too_long(self, what: str, limit: int, message_number: int | None) -> ServerMisbehaved:
+        self.close()
+        return ServerMisbehaved(f"{self.host}:{self.port}: {what} went on past {limit} bytes; connection dropped",
+                                message_number=message_number)
 
     @staticmethod
     def _unstuff(buf: bytearray, start: int, stop: int, lead: int) -> bytes:
@@ -219,11 +284,11 @@ class Pop3Wire:
             return bytes(buf[start + lead:stop])
         return bytes(buf[start:stop]).replace(_STUFFED, _UNSTUFFED)[lead:]
 
-    def read_body(self) -> bytes:
+    def read_body(self, limit: int = MAX_BODY, *, what: str = "a reply", message_number: int | None = None) -> bytes:
         """The whole unstuffed body of a multi-line response (for small replies: LIST, UIDL, CAPA)."""
-        return b"".join(self.iter_body())
+        return b"".join(self.iter_body(limit, what=what, message_number=message_number))
 
-    def skip_body(self) -> None:
+    def skip_body(self, limit: int = MAX_BODY) -> None:
         """Read and discard a multi-line body."""
-        for _ in self.iter_body():
+        for _ in self.iter_body(limit):
             pass
