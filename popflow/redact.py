@@ -16,7 +16,7 @@ import json
 import threading
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -28,7 +28,9 @@ and such a value is no meaningful secret."""
 
 _lock = threading.Lock()
 _forms: set[str] = set()
-_ordered: list[str] = []  # longest first, so a form that contains another is replaced whole
+# Longest first, so a form that contains another is replaced whole. Replaced, never mutated:
+# readers (every log line, any thread) iterate it without taking the lock.
+_ordered: tuple[str, ...] = ()
 
 
 def secret_forms(secret: str) -> set[str]:
@@ -49,12 +51,13 @@ def register_secret(secret: str | bytes | None) -> None:
         secret = secret.decode("utf-8", "replace")
     if len(secret) < MIN_SECRET:
         return
+    global _ordered
     new = secret_forms(secret) - _forms
     if not new:
         return
     with _lock:
         _forms.update(new)
-        _ordered[:] = sorted(_forms, key=len, reverse=True)
+        _ordered = tuple(sorted(_forms, key=len, reverse=True))
 
 
 def register_secrets(secrets: Iterable[str | bytes | None]) -> None:
@@ -65,7 +68,7 @@ def register_secrets(secrets: Iterable[str | bytes | None]) -> None:
 
 def redact(text: str, extra: Iterable[str] = ()) -> str:
     """``text`` with every registered secret form (and every form of ``extra``) replaced by ``***``."""
-    forms = _ordered
+    forms: Iterable[str] = _ordered
     more = [form for secret in extra if secret and len(secret) >= MIN_SECRET for form in secret_forms(secret)]
     if more:
         forms = sorted(set(forms) | set(more), key=len, reverse=True)
@@ -87,9 +90,8 @@ def url_secrets(url: str) -> list[str]:
     except ValueError:
         return []
     found = [value for _, value in parse_qsl(parts.query, keep_blank_values=False)]
-    if password:
-        found.append(password)
-        found.append(f"{username or ''}:{password}")
+    if password:  # as written (percent-encoded) and as sent
+        found += [password, unquote(password), f"{unquote(username or '')}:{unquote(password)}"]
     return found
 
 
@@ -168,6 +170,7 @@ def option_secrets(value: Any, key: str = "") -> list[str]:
 
 def _clear_for_tests() -> None:
     """Forget every registered secret (tests that register throwaway values)."""
+    global _ordered
     with _lock:
         _forms.clear()
-        _ordered.clear()
+        _ordered = ()
