@@ -172,7 +172,7 @@ class Config(StrictModel):
         from popflow.redact import display_url, redact_options
 
         for key, value in super().__repr_args__():
-            if key in ("sources", "sinks") and isinstance(value, dict):
+            if key in ("sources", "sinks", "plugins") and isinstance(value, dict):
                 value = {name: redact_options(options) for name, options in value.items()}
             elif key == "state" and isinstance(value, str):
                 value = display_url(value)
