@@ -17,12 +17,23 @@ from popflow.pipeline import Pipeline
 from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
 from popflow.private import mkdirs_private
+from popflow.redact import option_secrets, register_secrets, url_secrets
 from popflow.sinks.base import Sink
 from popflow.sources.base import Source
 from popflow.state import StateStore
 from popflow.store import MessageStore, clean_spool
 
 log = logging.getLogger(__name__)
+
+
+def register_config_secrets(config: Config) -> None:
+    """Feed the log redaction (:mod:`popflow.redact`) with every secret the config holds: secret
+    keys, URL credentials (the state URL's, a webhook's), and ``${VAR}`` values in secret keys."""
+    found = url_secrets(config.state) + config.env_secrets()
+    for entries in (config.sources, config.sinks, config.plugins):
+        for options in entries.values():  # not the names: a sink may be called "token"
+            found += option_secrets(options)
+    register_secrets(found)
 
 
 def resolve_sqlite_url(url: str, base_dir: Path) -> str:
@@ -49,10 +60,14 @@ class App:
         dirs = [config.resolve_path(path) for path in config.plugins_dir] + [Path(p) for p in plugins_dirs]
         self.pm = pm or make_plugin_manager(plugins_dirs=dirs, extra_plugins=extra_plugins)
         self.context = RuntimeContext(data_dir=config.resolve_path(config.data_dir), base_dir=base_dir)
+        register_config_secrets(config)
         self.source_configs = self._validate("sources", config.sources, self.pm.registry.source_type, "pop3")
         self.sink_configs = self._validate("sinks", config.sinks, self.pm.registry.sink_type, None)
         self._state: StateStore | None = None
         self.store = MessageStore(self.context.data_dir / "messages")
+        # Validated models may hold secrets the raw tree did not name (a plugin type's SecretStr).
+        register_secrets(secret for _, options in [*self.source_configs.values(), *self.sink_configs.values()]
+                         for secret in option_secrets(options))
         self.pm.hook.popflow_startup(config=config)
 
     def _validate(self, kind: str, entries: dict[str, dict[str, Any]], lookup: Any,

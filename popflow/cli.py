@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import ArgumentError
@@ -26,7 +27,7 @@ from popflow.errors import ConfigError, PluginLoadError, StorageError
 from popflow.logs import setup_logging
 from popflow.poller import PollReport
 from popflow.state import StateStoreError
-from popflow.terminal import printable, stderr_is_terminal
+from popflow.terminal import printable, shown, stderr_is_terminal
 
 console = Console()
 err_console = Console(stderr=True)
@@ -128,7 +129,8 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=console, transient=True) as progress:
                 for name in names:
-                    task = progress.add_task(name, total=None)
+                    # The description is read as markup: a source name is escaped first.
+                    task = progress.add_task(escape(printable(name)), total=None)
                     def advance(done: int, total: int, task_id: Any = task) -> None:
                         progress.update(task_id, completed=done, total=total)
 
@@ -180,14 +182,13 @@ def print_summary(reports: list[PollReport]) -> None:
         table.add_column(column, justify="left" if column == "source" else "right")
     for report in reports:
         c = report.counts
-        table.add_row(Text(printable(report.source)), str(c.fetched), str(c.delivered), str(c.skipped), str(c.dropped),
+        table.add_row(shown(report.source), str(c.fetched), str(c.delivered), str(c.skipped), str(c.dropped),
                       str(c.quarantined), str(c.dead_letters), str(c.deferred), str(c.defects), str(c.errors),
                       f"{c.seconds:.2f}")
     console.print(table)
     for report in reports:
         if report.error:  # one line, whatever the width; server text is not markup
-            console.print(Text(printable(f"{report.source}: {report.error}"), style="red"), highlight=False,
-                          soft_wrap=True)
+            console.print(shown(f"{report.source}: {report.error}", "red"), highlight=False, soft_wrap=True)
 
 
 # -- init ----------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def init(file: Path | None) -> None:
     template = resources.files("popflow").joinpath("templates/popflow.yaml").read_text(encoding="utf-8")
     target.write_text(template, encoding="utf-8")
     os.chmod(target, 0o600)  # it will hold credentials
-    console.print(f"wrote {target}; edit it, then run `popflow check -c {target}`")
+    console.print(shown(f"wrote {target}; edit it, then run `popflow check -c {target}`"), highlight=False)
 
 
 # -- plugins ---------------------------------------------------------------------------------------
@@ -222,10 +223,11 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     for column in ("name", "kind", "hooks"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], "built-in" if row["builtin"] else "installed", ", ".join(row["hooks"]))
+        # A plugin's name is its file's name: shown escaped, like any outside text.
+        table.add_row(shown(row["name"]), "built-in" if row["builtin"] else "installed", shown(", ".join(row["hooks"])))
     console.print(table)
-    console.print(f"source types: {', '.join(sorted(pm.registry.sources))}; "
-                  f"sink types: {', '.join(sorted(pm.registry.sinks))}", highlight=False)
+    console.print(shown(f"source types: {', '.join(sorted(pm.registry.sources))}; "
+                        f"sink types: {', '.join(sorted(pm.registry.sinks))}"), highlight=False)
 
 
 # The other commands live in their own modules and register themselves on ``main``.

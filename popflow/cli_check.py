@@ -9,11 +9,17 @@ from typing import Any
 import click
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from popflow.app import App
 from popflow.cli import config_option, console, load_app, main
 from popflow.pipeline import describe_error
+from popflow.terminal import shown
 
+# Server capabilities and notes, error texts and plugin answers are outside text: every cell of
+# the connect table is built with shown(), which escapes control characters and is never markup.
+OK = Text("ok", style="green")
+FAILED = Text("failed", style="red")
 STAGE_HOOKS = ("popflow_parse", "popflow_scan", "popflow_filter", "popflow_transform", "popflow_route")
 
 
@@ -72,8 +78,10 @@ def check(ctx: click.Context, config_path: Path | None, connect: bool) -> None:
     app = load_app(ctx, config_path)
     failures = 0
     try:
-        console.print(f"config: {app.file}  [green]valid[/]", highlight=False)
-        console.print(f"state: {_safe_url(app.config.state)}   data_dir: {app.context.data_dir}", highlight=False)
+        # Names, paths and URLs come from the config (and may hold "[" or escapes): never markup.
+        console.print(Text.assemble("config: ", shown(app.file), "  ", ("valid", "green")), highlight=False)
+        console.print(shown(f"state: {_safe_url(app.config.state)}   data_dir: {app.context.data_dir}"),
+                      highlight=False)
         sources = Table(title="sources")
         for column in ("name", "type", "where", "schedule", "policy"):
             sources.add_column(column)
@@ -81,26 +89,28 @@ def check(ctx: click.Context, config_path: Path | None, connect: bool) -> None:
             policy = "keep on server" if options.keep_on_server else "delete after delivery"
             if not options.enabled:
                 policy += " (disabled)"
-            sources.add_row(name, options.type, app.source(name).describe(), _schedule(options), policy)
+            sources.add_row(shown(name), shown(options.type), shown(app.source(name).describe()),
+                            shown(_schedule(options)), policy)
         console.print(sources)
         stages = Table(title="stages (in order)")
         stages.add_column("stage")
         stages.add_column("plugins (first asked first)")
         for hook in STAGE_HOOKS:
-            stages.add_row(hook.removeprefix("popflow_"), ", ".join(_stage_plugins(app, hook)) or "-")
+            stages.add_row(hook.removeprefix("popflow_"), shown(", ".join(_stage_plugins(app, hook)) or "-"))
         console.print(stages)
-        console.print(f"filters: {len(app.config.filters)} rule(s)   routes: "
-                      + "; ".join(f"{'match' if r.match else 'always'} → {', '.join(r.sinks)}"
-                                  + (" (stop)" if r.stop else "") for r in app.config.routes), highlight=False)
+        console.print(shown(f"filters: {len(app.config.filters)} rule(s)   routes: "
+                            + "; ".join(f"{'match' if r.match else 'always'} → {', '.join(r.sinks)}"
+                                        + (" (stop)" if r.stop else "") for r in app.config.routes)),
+                      highlight=False)
         sinks = Table(title="sinks")
         for column in ("name", "type", "what", "retries"):
             sinks.add_column(column)
         for name, (_, options) in app.sink_configs.items():
-            sinks.add_row(name, options.type, app.sink(name).describe(),
+            sinks.add_row(shown(name), shown(options.type), shown(app.sink(name).describe()),
                           f"{options.retries} retries, backoff {options.backoff:g}s")
         console.print(sinks)
         for warning in config_warnings(app):
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            console.print(Text.assemble(("warning:", "yellow"), " ", shown(warning)), highlight=False)
         if connect:
             failures = _connect_all(app)
     finally:
@@ -133,24 +143,24 @@ def _connect_all(app: App) -> int:
                 details += "".join(f"; {note}" for note in info.notes)
             finally:
                 session.close(commit=False)
-            table.add_row(f"source {name}", "[green]ok[/]", details)
+            table.add_row(shown(f"source {name}"), OK, shown(details))
         except Exception as exc:
             failures += 1
-            table.add_row(f"source {name}", "[red]failed[/]", describe_error(exc))
+            table.add_row(shown(f"source {name}"), FAILED, shown(describe_error(exc)))
     for name in app.sink_configs:
         try:
-            table.add_row(f"sink {name}", "[green]ok[/]", app.sink(name).check())
+            table.add_row(shown(f"sink {name}"), OK, shown(app.sink(name).check()))
         except Exception as exc:
             failures += 1
-            table.add_row(f"sink {name}", "[red]failed[/]", describe_error(exc))
+            table.add_row(shown(f"sink {name}"), FAILED, shown(describe_error(exc)))
     for impl in reversed(app.pm.hook.popflow_check_connection.get_hookimpls()):
         try:
             found = impl.function()
         except Exception as exc:
             failures += 1
-            table.add_row(f"plugin {impl.plugin_name}", "[red]failed[/]", describe_error(exc))
+            table.add_row(shown(f"plugin {impl.plugin_name}"), FAILED, shown(describe_error(exc)))
             continue
         if found is not None:
-            table.add_row(f"plugin {impl.plugin_name}", "[green]ok[/]", str(found))
+            table.add_row(shown(f"plugin {impl.plugin_name}"), OK, shown(found))
     console.print(table)
     return failures

@@ -13,10 +13,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from popflow.cli import config_option, console, fail, load_app, main, prepare_data_dir
 from popflow.logs import setup_logging
+from popflow.terminal import printable
 
 if TYPE_CHECKING:
     from popflow.demo.runner import DemoResult
@@ -116,16 +118,17 @@ def _print_demo(result: DemoResult) -> None:
     sinks.add_row("mail (folder, eml)", str(result.per_sink.get("mail", 0)),
                   f"{result.folder_files} .eml, {result.attachment_files} attachments")
     console.print(sinks)
-    d, cfg = result.directory, result.config
-    exe = _popflow_command()
+    # Paths (--dir is the user's) are printed inside markup below: escaped first.
+    d, cfg = escape(printable(str(result.directory))), escape(printable(str(result.config)))
+    exe = escape(printable(_popflow_command()))
     width = len(exe) + 20
     console.print(f"""
 [bold]Where to look[/]
   config        {cfg}
-  folder sink   {d / 'mail'}/demo/<yyyy>/<mm>/<id>.eml, <id>.json and <id>/<attachments>
-  database      sqlite3 {d / 'orders.db'} 'select subject, meta from popflow_messages'
+  folder sink   {d}/mail/demo/<yyyy>/<mm>/<id>.eml, <id>.json and <id>/<attachments>
+  database      sqlite3 {d}/orders.db 'select subject, meta from popflow_messages'
   dead letters  {exe} dead-letters list -c {cfg}
-  the plugin    {d / 'plugins' / 'demo_transform.py'}
+  the plugin    {d}/plugins/demo_transform.py
 
 [bold]Your own mailbox next[/]
   {f"{exe} init":<{width}}write a commented ./popflow.yaml

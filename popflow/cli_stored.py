@@ -9,10 +9,12 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from popflow.app import App
 from popflow.cli import config_option, console, fail, load_app, main
 from popflow.replay import ReplayResult, purge, release_quarantined, replay_dead_letters
+from popflow.terminal import shown
 
 
 def _rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
@@ -24,13 +26,14 @@ def _rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> T
     return table
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    # Subjects, errors and UIDLs come from mail and servers: escaped, never read as markup.
     if value is None:
-        return "-"
+        return shown(None)
     if isinstance(value, list | dict):
-        return json.dumps(value, default=str)[:80]
+        return shown(json.dumps(value, default=str)[:80], newlines=False)
     text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return shown(text if len(text) <= 80 else text[:77] + "...", newlines=False)
 
 
 def _show(app: App, rows: list[dict[str, Any]], entry_id: int) -> None:
@@ -38,16 +41,17 @@ def _show(app: App, rows: list[dict[str, Any]], entry_id: int) -> None:
         fail(f"no entry #{entry_id}", status=1)
     row = rows[0]
     for key, value in row.items():
-        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+        console.print(Text.assemble((key, "bold"), ": ", shown(value)), highlight=False)
     path = app.store.path_for(row["sha256"])
-    console.print(f"[bold]raw[/]: {path} ({'present' if path.exists() else 'MISSING'})", highlight=False)
+    console.print(Text.assemble(("raw", "bold"), ": ", shown(path), f" ({'present' if path.exists() else 'MISSING'})"),
+                  highlight=False)
 
 
 def _print_results(results: list[ReplayResult]) -> None:
     for result in results:
         colour = "green" if result.ok else "red"
-        console.print(f"#{result.entry_id}: [{colour}]{'ok' if result.ok else 'failed'}[/] {result.detail}",
-                      highlight=False)
+        console.print(Text.assemble(f"#{result.entry_id}: ", ("ok" if result.ok else "failed", colour), " ",
+                                    shown(result.detail)), highlight=False)
 
 
 @main.group("dead-letters", invoke_without_command=True)

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from popflow.durations import Duration, Interval, Size
 from popflow.errors import ConfigError
@@ -152,6 +162,27 @@ class Config(StrictModel):
 
     # Where the file was read from; relative paths in it are relative to this folder.
     source_file: Path | None = Field(default=None, exclude=True)
+    # (key path, value) of every ``${VAR}`` substitution: a value put into a secret-bearing key
+    # (a password, a URL, a token command) is a secret even where the key's type is a plain str.
+    _env_values: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() reach logs (POPFLOW_TRACE_PLUGINS prints the config handed to
+        # popflow_startup): secret keys are masked and URLs shown without their credentials.
+        from popflow.redact import display_url, redact_options
+
+        for key, value in super().__repr_args__():
+            if key in ("sources", "sinks", "plugins") and isinstance(value, dict):
+                value = {name: redact_options(options) for name, options in value.items()}
+            elif key == "state" and isinstance(value, str):
+                value = display_url(value)
+            yield key, value
+
+    def env_secrets(self) -> list[str]:
+        """Values ``${VAR}`` put into secret-bearing keys (see :func:`popflow.redact.is_secret_path`)."""
+        from popflow.redact import is_secret_path
+
+        return [value for path, value in self._env_values if is_secret_path(path)]
 
     @field_validator("state")
     @classmethod
@@ -211,20 +242,27 @@ class Config(StrictModel):
         return self.plugins[name] or {}
 
 
-def expand_env(value: Any, path: str = "") -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a loaded YAML tree."""
+def expand_env(value: Any, path: str = "", found: list[tuple[str, str]] | None = None) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a loaded YAML tree.
+
+    ``found``, when given, collects ``(key path, substituted value)`` for every substitution.
+    """
     if isinstance(value, dict):
-        return {key: expand_env(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+        return {key: expand_env(item, f"{path}.{key}" if path else str(key), found) for key, item in value.items()}
     if isinstance(value, list):
-        return [expand_env(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        return [expand_env(item, f"{path}[{index}]", found) for index, item in enumerate(value)]
     if not isinstance(value, str):
         return value
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
+            if found is not None:
+                found.append((path, os.environ[name]))
             return os.environ[name]
         if default is not None:
+            if found is not None:
+                found.append((path, default))
             return default
         raise ConfigError(f"environment variable {name} is not set (use ${{{name}:-default}})", path=path)
 
@@ -299,15 +337,18 @@ def parse_config(data: Any, file: str | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the file must hold a mapping of keys (state, sources, sinks, ...)", file=file)
+    substitutions: list[tuple[str, str]] = []
     try:
-        expanded = expand_env(data)
+        expanded = expand_env(data, found=substitutions)
     except ConfigError as exc:
         exc.file = file
         raise ConfigError(exc.problem, file=file, path=exc.path) from None
     try:
-        return Config.model_validate(expanded)
+        config = Config.model_validate(expanded)
     except ValidationError as exc:
         raise config_error_from(exc, file) from None
+    config._env_values = substitutions
+    return config
 
 
 def load_config(path: Path | str | None = None) -> Config:

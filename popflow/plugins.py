@@ -186,7 +186,9 @@ def make_plugin_manager(
     for index, plugin in enumerate(extra_plugins):
         _register(pm, plugin, getattr(plugin, "__name__", None) or f"extra-{index}-{type(plugin).__name__}")
     if os.environ.get("POPFLOW_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda text: log.debug("hook trace: %s", text.rstrip()))
+        # One log line per call: pluggy puts each argument on a line of its own.
+        pm.trace.root.setwriter(lambda text: log.debug(
+            "hook trace: %s", "; ".join(line.strip() for line in text.splitlines() if line.strip())))
         pm.enable_tracing()
     pm.collect_types()
     return pm

@@ -8,9 +8,9 @@ login mechanisms in :mod:`popflow.sources.pop3_auth`; TLS in :mod:`popflow.sourc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -54,6 +54,11 @@ class Pop3Config(SourceSettings):
     """Pipeline RETR/DELE (RFC 2449) when the server advertises PIPELINING."""
     pipeline_window: int = Field(default=64, ge=1, le=10000)
     """At most this many commands in flight when pipelining."""
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # The token command may carry an expanded ${CLIENT_SECRET}: repr() never shows it.
+        for key, value in super().__repr_args__():
+            yield key, ("***" if key == "oauth2_token_command" and value is not None else value)
 
     @field_validator("password")
     @classmethod
@@ -159,7 +164,8 @@ class Pop3Source(Source):
 
     def _read_token(self) -> str:
         if self.config.oauth2_token_command is not None:
-            return run_token_command(self.config.oauth2_token_command, self._label())
+            return run_token_command(self.config.oauth2_token_command, self._label(),
+                                     where=f"sources.{self.name}.oauth2_token_command")
         if self.config.oauth2_token_file is not None:
             return self._read_secret_file(self.config.oauth2_token_file, "oauth2_token_file")
         raise AuthenticationError(f"{self._label()}: no oauth2 token source configured")

@@ -1,7 +1,11 @@
 """POP3 authentication: USER/PASS, APOP, SASL PLAIN (RFC 5034) and SASL XOAUTH2, plus ``auto``.
 
 Secrets (passwords, tokens) are sent on the wire and nowhere else: they never appear in log
-records or exception messages. A server's refusal names ``user@host`` and the server's own text.
+records or exception messages. A server's refusal names ``user@host`` and the server's own text,
+scrubbed of every form of what we sent: some servers echo the client's input, so the plain
+password, the base64 SASL responses (``AGFsaWNl...``) and their URL-encoded and escaped forms are
+all replaced (see :meth:`AuthRequest.scrub`). Each of them is also registered with
+:mod:`popflow.redact`, so no log line can show it either.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ import binascii
 import hashlib
 import json
 import logging
-import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from popflow.errors import AuthenticationError, SourceFatalError
+from popflow.redact import redact, register_secret
 from popflow.sources.pop3_wire import Pop3Wire, Response
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ class AuthRequest:
         if self.password is None:
             raise AuthenticationError(f"{self.label}: no password configured")
         value = self.password()
-        self.secrets_seen.append(value)
+        self.remember(value)
         return value
 
     def get_token(self) -> str:
@@ -57,15 +61,18 @@ class AuthRequest:
         if self.token is None:
             raise AuthenticationError(f"{self.label}: no oauth2_token_command or oauth2_token_file configured")
         value = self.token()
-        self.secrets_seen.append(value)
+        self.remember(value)
         return value
 
+    def remember(self, secret: str | bytes) -> None:
+        """Note something secret we are about to send (a password, a SASL response) for :meth:`scrub`."""
+        text = secret.decode("ascii", "replace") if isinstance(secret, bytes) else secret
+        self.secrets_seen.append(text)
+        register_secret(text)
+
     def scrub(self, text: str) -> str:
-        """Server text with any secret we sent replaced (some servers echo input)."""
-        for secret in self.secrets_seen:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """Server text with every form of every secret we sent replaced (some servers echo input)."""
+        return redact(text, self.secrets_seen)
 
     def sasl(self) -> set[str]:
         """SASL mechanisms the server advertised in CAPA."""
@@ -123,6 +130,7 @@ def auth_apop(wire: Pop3Wire, request: AuthRequest) -> None:
     if not request.apop_timestamp:
         raise AuthenticationError(f"{request.label}: the server's greeting has no APOP timestamp")
     digest = apop_digest(request.apop_timestamp, request.get_password())
+    request.remember(digest)  # replayable against the same greeting: not for the logs either
     wire.send_line(f"APOP {request.username} {digest}")
     _expect_ok(wire, request, "login (APOP)")
 
@@ -130,14 +138,17 @@ def auth_apop(wire: Pop3Wire, request: AuthRequest) -> None:
 def auth_plain(wire: Pop3Wire, request: AuthRequest) -> None:
     """SASL PLAIN (RFC 4616 over RFC 5034): ``AUTH PLAIN``, ``+``, base64(authzid NUL user NUL pass)."""
     _require_encryption(request, "SASL PLAIN")
-    credentials = f"\0{request.username}\0{request.get_password()}".encode()
+    credentials = f"\0{request.username}\0{request.get_password()}"
+    encoded = base64.b64encode(credentials.encode())
+    request.remember(credentials)
+    request.remember(encoded)
     wire.send_line(b"AUTH PLAIN")
     response = wire.read_response()
     if not response.continuation:
         if response.ok:
             raise AuthenticationError(f"{request.label}: AUTH PLAIN: the server skipped the exchange")
         raise refusal(request, response, "AUTH PLAIN")
-    wire.send_line(base64.b64encode(credentials))
+    wire.send_line(encoded)
     _expect_ok(wire, request, "login (AUTH PLAIN)")
 
 
@@ -153,16 +164,19 @@ def auth_xoauth2(wire: Pop3Wire, request: AuthRequest) -> None:
     as the protocol requires, read the final ``-ERR`` and report the decoded JSON status.
     """
     token = request.get_token()
+    initial = xoauth2_initial_response(request.username, token)
+    request.remember(initial)
+    request.remember(base64.b64decode(initial))
     wire.send_line(b"AUTH XOAUTH2")
     response = wire.read_response()
     if not response.continuation:
         if response.ok:
             raise AuthenticationError(f"{request.label}: AUTH XOAUTH2: the server skipped the exchange")
         raise refusal(request, response, "AUTH XOAUTH2")
-    wire.send_line(xoauth2_initial_response(request.username, token))
+    wire.send_line(initial)
     response = wire.read_response()
     if response.continuation:
-        detail = _decode_challenge(response.text)
+        detail = request.scrub(_decode_challenge(request.scrub(response.text)))
         wire.send_line(b"")
         final = wire.read_response()
         server = request.scrub(final.text) if not final.ok else ""
@@ -226,31 +240,32 @@ def authenticate(wire: Pop3Wire, request: AuthRequest, method: str) -> str:
     return chosen
 
 
-def run_token_command(command: str | list[str], label: str) -> str:
+def run_token_command(command: str | list[str], label: str, where: str = "oauth2_token_command") -> str:
     """Run ``oauth2_token_command`` and return its stdout, stripped (the token is never logged).
 
     A string runs through ``/bin/sh -c`` (pipes and quoting work as in a shell); a list runs as argv.
+    Errors name the command by its config key (``where``), never by its text: ``${VAR}`` has been
+    expanded in it, and it typically carries a client secret. The error output quoted is scrubbed
+    of every registered secret, which includes each ``${VAR}`` value expanded into the command
+    (see :meth:`popflow.config.Config.env_secrets`): a failing program often prints its arguments.
     """
     argv = command if isinstance(command, list) else ["/bin/sh", "-c", command]
-    shown = command if isinstance(command, str) else shlex.join(command)
     try:
         result = subprocess.run(argv, capture_output=True, timeout=TOKEN_COMMAND_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
-        raise AuthenticationError(
-            f"{label}: oauth2_token_command timed out after {TOKEN_COMMAND_TIMEOUT:g}s: {shown}"
-        ) from None
+        raise AuthenticationError(f"{label}: {where} timed out after {TOKEN_COMMAND_TIMEOUT:g}s") from None
     except OSError as exc:
-        raise AuthenticationError(f"{label}: cannot run oauth2_token_command {shown!r}: {exc}") from None
+        reason = exc.strerror or type(exc).__name__  # not str(exc): it repeats the program's path
+        raise AuthenticationError(f"{label}: cannot run {where}: {reason}") from None
     if result.returncode != 0:
-        errors = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        errors = redact(result.stderr.decode("utf-8", "replace")).strip().splitlines()
         reason = errors[-1][:200] if errors else "no error output"
-        raise AuthenticationError(
-            f"{label}: oauth2_token_command exited with status {result.returncode}: {reason}"
-        )
+        raise AuthenticationError(f"{label}: {where} exited with status {result.returncode}: {reason}")
     token = result.stdout.decode("utf-8", "replace").strip()
     if not token:
-        raise AuthenticationError(f"{label}: oauth2_token_command printed no token")
+        raise AuthenticationError(f"{label}: {where} printed no token")
     if any(ch in token for ch in "\r\n\x01"):
-        raise AuthenticationError(f"{label}: oauth2_token_command printed more than one line")
+        raise AuthenticationError(f"{label}: {where} printed more than one line")
     return token
+
 

@@ -32,6 +32,9 @@ Actions:
   stops (the client's timeout is what is being tested).
 * ``in_use=True`` — answer ``-ERR [IN-USE] maildrop locked`` (meant for the login commands).
 * ``quit_fails=True`` — QUIT answers ``-ERR`` and closes without applying deletions.
+* ``echo="text"`` — answer ``-ERR text <what the client sent>``, as careless servers do: the
+  command's arguments (``PASS``'s password), or for ``AUTH`` without an initial response the line
+  the client sends after the server's ``+`` (the base64 SASL response).
 
 For anything else, pass a callback: ``FaultScript(before_command=fn)`` where
 ``fn(session, command, args)`` returns a :class:`FaultAction` or ``None``; it runs before the
@@ -53,7 +56,7 @@ from typing import Any, Literal
 
 LOGIN_COMMANDS = frozenset({"PASS", "APOP", "AUTH"})
 
-FaultKind = Literal["drop", "err", "stall", "in_use", "quit_fails"]
+FaultKind = Literal["drop", "err", "stall", "in_use", "quit_fails", "echo"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ class FaultAction:
     def quit_fails(cls, text: str | None = None) -> FaultAction:
         """QUIT answers ``-ERR`` and the deletions are not applied."""
         return cls("quit_fails", text=text)
+
+    @classmethod
+    def echo(cls, text: str = "bad") -> FaultAction:
+        """Answer ``-ERR text <the client's input>`` (for AUTH: the response after ``+``)."""
+        return cls("echo", text=text)
 
     def reply(self) -> bytes:
         """The response line for ``err``, ``in_use`` and ``quit_fails``."""
@@ -152,9 +160,9 @@ class FaultScript:
            times: int | None = None, session: int | None = None, drop: bool = False,
            drop_after_bytes: int | None = None, reset: bool = False, err: str | None = None,
            stall: float | bool | None = None, in_use: bool = False, quit_fails: bool = False,
-           action: FaultAction | None = None) -> FaultScript:
+           echo: str | None = None, action: FaultAction | None = None) -> FaultScript:
         """Add a rule; give exactly one action (``drop``/``drop_after_bytes``, ``err``, ``stall``,
-        ``in_use``, ``quit_fails`` or a ready ``action``). Returns the script for chaining."""
+        ``in_use``, ``quit_fails``, ``echo`` or a ready ``action``). Returns the script for chaining."""
         chosen: list[FaultAction] = []
         if drop or drop_after_bytes is not None:
             chosen.append(FaultAction.drop(drop_after_bytes, reset=reset))
@@ -166,6 +174,8 @@ class FaultScript:
             chosen.append(FaultAction.in_use())
         if quit_fails:
             chosen.append(FaultAction.quit_fails())
+        if echo is not None:
+            chosen.append(FaultAction.echo(echo))
         if action is not None:
             chosen.append(action)
         if len(chosen) != 1:

@@ -82,6 +82,8 @@ class POP3TestServer:
     ``(user, token) -> bool``; when ``None`` the password is accepted as the token.
     ``style`` mimics a provider's XOAUTH2 quirks: ``"microsoft"`` refuses the one-step form.
     ``auth_failure_delay`` (seconds) delays every failed login, as Dovecot does.
+    ``greeting`` replaces the greeting's text (the APOP timestamp is still appended); one starting
+    with ``-ERR`` is sent as it is and the connection closed, as a server refusing service does.
     """
 
     def __init__(self, messages: Iterable[bytes] | Path | str | None = None, *, username: str = "user",
@@ -91,7 +93,7 @@ class POP3TestServer:
                  sasl: Iterable[str] = ("PLAIN", "XOAUTH2"),
                  xoauth2_tokens: set[str] | TokenCheck | None = None, faults: FaultScript | None = None,
                  style: Literal["gmail", "microsoft", "dovecot"] = "gmail",
-                 auth_failure_delay: float = 0.0) -> None:
+                 auth_failure_delay: float = 0.0, greeting: str | None = None) -> None:
         if isinstance(messages, (str, Path)):
             messages = load_folder(Path(messages))
         if implicit_tls and tls is None:
@@ -114,6 +116,7 @@ class POP3TestServer:
         self.faults = faults
         self.style = style
         self.auth_failure_delay = auth_failure_delay
+        self.greeting = greeting
         self.stats = ServerStats()
         self.stopping = threading.Event()
         """Set by :meth:`stop`; stalled sessions wake up on it."""

@@ -95,8 +95,11 @@ class Pop3Session(LoginCommands):
             if self.server.implicit_tls:
                 self._wrap_tls()
             self._reader = self.sock.makefile("rb")
-            greeting = "+OK popflow-testing POP3 server ready"
-            self._send(f"{greeting} {self.timestamp}".rstrip().encode() + b"\r\n")
+            greeting = self.server.greeting or "popflow-testing POP3 server ready"
+            if greeting.startswith("-ERR"):
+                self._send(greeting.encode() + b"\r\n")
+                return
+            self._send(f"+OK {greeting} {self.timestamp}".rstrip().encode() + b"\r\n")
             while True:
                 line = self._readline()
                 if line is None or not self._handle(line):
@@ -164,7 +167,7 @@ class Pop3Session(LoginCommands):
         faults = self.server.faults
         action = faults.decide(self, command, args) if faults is not None else None
         if action is not None:
-            handled = self._apply_fault(action, command)
+            handled = self._apply_fault(action, command, args)
             if handled is not None:
                 return handled
         handler = self._handlers().get(command)
@@ -177,8 +180,18 @@ class Pop3Session(LoginCommands):
             raise DropConnection()
         return keep_going
 
-    def _apply_fault(self, action: FaultAction, command: str) -> bool | None:
+    def _apply_fault(self, action: FaultAction, command: str, args: list[str]) -> bool | None:
         """Carry out a fault; ``None`` means: now run the command normally."""
+        if action.kind == "echo":
+            echoed = args[1:] if command == "AUTH" else args
+            if command == "AUTH" and len(args) < 2:  # two-step SASL: the response follows "+"
+                self._send(b"+ \r\n")
+                answer = self._readline()
+                if answer is None:
+                    raise DropConnection()
+                echoed = [answer.strip()]
+            self._err(" ".join([action.text or "bad", *echoed]))
+            return True
         if action.kind == "drop":
             if action.after_bytes is None:
                 raise DropConnection(action.reset)
