@@ -20,8 +20,9 @@ from popflow.private import mkdirs_private
 from popflow.redact import option_secrets, register_secrets, url_secrets
 from popflow.sinks.base import Sink
 from popflow.sources.base import Source
+from popflow.spool import clean_spool
 from popflow.state import StateStore
-from popflow.store import MessageStore, clean_spool
+from popflow.store import MessageStore
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,16 @@ class App:
         return self._state
 
     def prepare_data_dir(self) -> None:
-        """Create ``data_dir`` and clean what a crash may have left (spool files, partial writes)."""
+        """Create ``data_dir`` and clean what a crashed process left (spool files, partial writes).
+
+        Another popflow process may share ``data_dir`` (a manual ``popflow poll`` beside the
+        ``popflow run`` service): only what belongs to processes that no longer run is removed.
+        """
         try:
             mkdirs_private(self.context.data_dir)  # spool, dead letters, quarantine: private (0700)
         except OSError as exc:
             raise StorageError(f"cannot create data_dir {self.context.data_dir}: {exc.strerror or exc}") from exc
-        removed = clean_spool(self.context.spool_dir) + self.store.clean_partial(older_than=0)
+        removed = clean_spool(self.context.spool_root) + self.store.clean_partial()
         if removed:
             log.info("removed %d leftover spool/partial file(s) from an earlier run", removed)
 
