@@ -13,6 +13,7 @@ from popflow.config import Config, validate_component
 from popflow.context import RuntimeContext
 from popflow.delivery import Deliverer, SinkRunner
 from popflow.errors import ConfigError, StorageError
+from popflow.locks import Lease, LockBusy
 from popflow.pipeline import Pipeline
 from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
@@ -140,8 +141,27 @@ class App:
         return Poller(self.source(name), runners, pipeline, self.state, deliverer, self.config.batch_size)
 
     def poll(self, name: str, progress: ProgressCallback | None = None) -> PollReport:
-        """Poll one source once."""
-        report = self.poller(name).poll(progress)
+        """Poll one source once, holding its lease (:mod:`popflow.locks`) for the whole poll.
+
+        When another popflow process is polling the source, nothing is polled: the report says who.
+        """
+        poller = self.poller(name)  # a config error for an unknown name before any lease is taken
+        lease = Lease(self.state, name)
+        try:
+            lease.acquire()
+        except LockBusy as busy:
+            report = PollReport(name)
+            report.error = (f"source {name!r} is being polled by another popflow process "
+                            f"({busy.holder.describe() if busy.holder else 'owner unknown'})")
+            report.counts.errors = 1
+            log.info(report.line())
+            return report
+        try:
+            report = poller.poll(progress)
+        finally:
+            lease.release()
+        if lease.lost.is_set() and report.error is None:
+            report.error = f"the lease on source {name!r} was taken over by another process during the poll"
         log.info(report.line())
         return report
 
