@@ -13,6 +13,7 @@ from popflow.config import Config, validate_component
 from popflow.context import RuntimeContext
 from popflow.delivery import Deliverer, SinkRunner
 from popflow.errors import ConfigError, StorageError
+from popflow.locks import Lease, LockBusy
 from popflow.pipeline import Pipeline
 from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
@@ -20,8 +21,9 @@ from popflow.private import mkdirs_private
 from popflow.redact import option_secrets, register_secrets, url_secrets
 from popflow.sinks.base import Sink
 from popflow.sources.base import Source
+from popflow.spool import clean_spool
 from popflow.state import StateStore
-from popflow.store import MessageStore, clean_spool
+from popflow.store import MessageStore
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +96,16 @@ class App:
         return self._state
 
     def prepare_data_dir(self) -> None:
-        """Create ``data_dir`` and clean what a crash may have left (spool files, partial writes)."""
+        """Create ``data_dir`` and clean what a crashed process left (spool files, partial writes).
+
+        Another popflow process may share ``data_dir`` (a manual ``popflow poll`` beside the
+        ``popflow run`` service): only what belongs to processes that no longer run is removed.
+        """
         try:
             mkdirs_private(self.context.data_dir)  # spool, dead letters, quarantine: private (0700)
         except OSError as exc:
             raise StorageError(f"cannot create data_dir {self.context.data_dir}: {exc.strerror or exc}") from exc
-        removed = clean_spool(self.context.spool_dir) + self.store.clean_partial(older_than=0)
+        removed = clean_spool(self.context.spool_root) + self.store.clean_partial()
         if removed:
             log.info("removed %d leftover spool/partial file(s) from an earlier run", removed)
 
@@ -135,8 +141,27 @@ class App:
         return Poller(self.source(name), runners, pipeline, self.state, deliverer, self.config.batch_size)
 
     def poll(self, name: str, progress: ProgressCallback | None = None) -> PollReport:
-        """Poll one source once."""
-        report = self.poller(name).poll(progress)
+        """Poll one source once, holding its lease (:mod:`popflow.locks`) for the whole poll.
+
+        When another popflow process is polling the source, nothing is polled: the report says who.
+        """
+        poller = self.poller(name)  # a config error for an unknown name before any lease is taken
+        lease = Lease(self.state, name)
+        try:
+            lease.acquire()
+        except LockBusy as busy:
+            report = PollReport(name)
+            report.error = (f"source {name!r} is being polled by another popflow process "
+                            f"({busy.holder.describe() if busy.holder else 'owner unknown'})")
+            report.counts.errors = 1
+            log.info(report.line())
+            return report
+        try:
+            report = poller.poll(progress)
+        finally:
+            lease.release()
+        if lease.lost.is_set() and report.error is None:
+            report.error = f"the lease on source {name!r} was taken over by another process during the poll"
         log.info(report.line())
         return report
 

@@ -19,9 +19,16 @@ class RuntimeContext:
     """Set on SIGINT/SIGTERM: finish the message in hand, then QUIT."""
 
     @property
-    def spool_dir(self) -> Path:
-        """Where large messages are spooled while they are received."""
+    def spool_root(self) -> Path:
+        """The folder holding every process's spool folder (see :mod:`popflow.spool`)."""
         return self.data_dir / "spool"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where this process spools large messages while they are received (its own, locked folder)."""
+        from popflow.spool import process_spool_dir  # created on first use, not for every command
+
+        return process_spool_dir(self.spool_root)
 
     def resolve(self, path: Path | str) -> Path:
         """A path from the config, relative to the config file's folder."""

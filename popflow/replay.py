@@ -8,6 +8,7 @@ from typing import Any
 from popflow.app import App
 from popflow.delivery import Deliverer, Item
 from popflow.outcome import Outcome
+from popflow.processes import Owner, new_owner
 
 
 @dataclass
@@ -53,15 +54,27 @@ def replay_dead_letters(app: App, ids: list[int] | None = None) -> list[ReplayRe
 
     Sinks are idempotent on (source, uidl), so a sink that already had the message is not written
     twice. A replay that fails again leaves the entry pending (and adds a new dead letter).
+
+    Each entry is claimed first (one UPDATE only one process can win), so two replays running at
+    once never deliver one entry twice: the other's entries are skipped when replaying all pending
+    ones, and reported as busy when named by ID.
     """
+    owner = new_owner()
     results = []
     for row in app.state.dead_letters(ids or None, status=None if ids else "pending"):
         if row["status"] != "pending":
             results.append(ReplayResult(row["id"], False, f"already {row['status']}"))
             continue
-        ok, detail = _rerun(app, row, scan=True, extra_sink=row["sink"])
-        if ok:
-            app.state.mark_dead_letter_replayed(row["id"])
+        if not app.state.claim_dead_letter(row["id"], owner):
+            if ids:
+                results.append(ReplayResult(row["id"], False, _taken(app.state.dead_letters([row["id"]], None))))
+            continue  # replaying all pending ones: another replay has this one
+        try:
+            ok, detail = _rerun(app, row, scan=True, extra_sink=row["sink"])
+            if ok:
+                app.state.mark_dead_letter_replayed(row["id"])
+        finally:
+            app.state.release_dead_letter_claim(row["id"], owner)
         results.append(ReplayResult(row["id"], ok, detail))
     return results
 
@@ -74,10 +87,24 @@ def release_quarantined(app: App, entry_id: int) -> ReplayResult:
     row = rows[0]
     if row["status"] != "held":
         return ReplayResult(entry_id, False, f"already {row['status']}")
-    ok, detail = _rerun(app, row, scan=False, extra_sink=None)
-    if ok:
-        app.state.mark_released(entry_id)
+    owner = new_owner()
+    if not app.state.claim_quarantined(entry_id, owner):
+        return ReplayResult(entry_id, False, _taken(app.state.quarantined([entry_id], status=None)))
+    try:
+        ok, detail = _rerun(app, row, scan=False, extra_sink=None)
+        if ok:
+            app.state.mark_released(entry_id)
+    finally:
+        app.state.release_quarantine_claim(entry_id, owner)
     return ReplayResult(entry_id, ok, detail)
+
+
+def _taken(rows: list[dict[str, Any]]) -> str:
+    """Why a claim failed: the entry is done meanwhile, or another process works on it."""
+    if rows and rows[0]["status"] not in ("pending", "held"):
+        return f"already {rows[0]['status']}"
+    parsed = Owner.parse(rows[0]["claimed_by"]) if rows else None
+    return f"being replayed by another popflow process ({parsed.shown() if parsed else 'unknown'})"
 
 
 def purge(app: App, kind: str, ids: list[int]) -> list[ReplayResult]:

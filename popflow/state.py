@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -33,17 +33,19 @@ from sqlalchemy import (
     event,
     insert,
     inspect,
+    or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from popflow import migrate
 from popflow.errors import PopflowError
 from popflow.private import ensure_private_sqlite
+from popflow.processes import owner_is_dead
 
 metadata = MetaData()
 
@@ -182,6 +184,26 @@ def _chunks(values: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
     """``values`` in slices of at most ``size``."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+CLAIM_STALE_AFTER = 3600.0
+"""Seconds after which a replay's or release's claim on an entry is taken as abandoned."""
+
+
+def _insert_deliveries_ignoring_duplicates(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """INSERT delivery rows; a row another process inserted meanwhile is not an error (it says the same)."""
+    backend = connection.dialect.name
+    if backend == "postgresql":
+        connection.execute(postgresql.insert(deliveries).on_conflict_do_nothing(), rows)
+    elif backend == "sqlite":
+        connection.execute(sqlite.insert(deliveries).on_conflict_do_nothing(), rows)
+    elif backend in ("mysql", "mariadb"):
+        statement = mysql.insert(deliveries)
+        # A no-op update: MySQL's way of saying "ignore a duplicate key" without INSERT IGNORE's
+        # habit of hiding every other error too.
+        connection.execute(statement.on_duplicate_key_update(sink=statement.inserted.sink), rows)
+    else:
+        connection.execute(insert(deliveries), rows)
 
 
 def now() -> datetime:
@@ -477,7 +499,7 @@ class StateStore:
                 existing.update((source, row.uidl, row.sink) for row in found)
         missing = list(dict.fromkeys(triple for triple in triples if triple not in existing))
         if missing:
-            connection.execute(insert(deliveries), [
+            _insert_deliveries_ignoring_duplicates(connection, [
                 {"source": source, "uidl": uidl, "sink": sink, "delivered_at": stamp}
                 for source, uidl, sink in missing])
 
@@ -488,7 +510,8 @@ class StateStore:
                 deliveries.c.source == source, deliveries.c.uidl == uidl, deliveries.c.sink == sink)
         ).first()
         if exists is None:
-            connection.execute(insert(deliveries).values(source=source, uidl=uidl, sink=sink, delivered_at=stamp))
+            _insert_deliveries_ignoring_duplicates(
+                connection, [{"source": source, "uidl": uidl, "sink": sink, "delivered_at": stamp}])
 
     # -- dead letters ----------------------------------------------------------------------
     def add_dead_letter(self, *, source: str, uidl: str, sink: str | None, stage: str, error: str,
@@ -505,8 +528,17 @@ class StateStore:
         return self._entries(dead_letters, ids, status)
 
     def mark_dead_letter_replayed(self, dead_letter_id: int) -> None:
-        """Mark a dead letter as delivered by a replay."""
-        self._mark(dead_letters, dead_letter_id, status="replayed", replayed_at=now())
+        """Mark a dead letter as delivered by a replay (and no longer claimed)."""
+        self._mark(dead_letters, dead_letter_id, status="replayed", replayed_at=now(), claimed_at=None,
+                   claimed_by=None)
+
+    def claim_dead_letter(self, dead_letter_id: int, owner: str, stale_after: float = CLAIM_STALE_AFTER) -> bool:
+        """Claim a pending dead letter for one replay; False when another replay has it (or it is not pending)."""
+        return self._claim(dead_letters, dead_letter_id, "pending", owner, stale_after)
+
+    def release_dead_letter_claim(self, dead_letter_id: int, owner: str) -> None:
+        """Give a claim back (the replay is over, whatever its outcome)."""
+        self._unclaim(dead_letters, dead_letter_id, owner)
 
     def purge_dead_letter(self, dead_letter_id: int) -> str | None:
         """Remove a dead letter; returns its sha256 (so the caller can drop unreferenced raw files)."""
@@ -527,8 +559,16 @@ class StateStore:
         return self._entries(quarantine, ids, status)
 
     def mark_released(self, quarantine_id: int) -> None:
-        """Mark a quarantine entry as released and delivered."""
-        self._mark(quarantine, quarantine_id, status="released", released_at=now())
+        """Mark a quarantine entry as released and delivered (and no longer claimed)."""
+        self._mark(quarantine, quarantine_id, status="released", released_at=now(), claimed_at=None, claimed_by=None)
+
+    def claim_quarantined(self, quarantine_id: int, owner: str, stale_after: float = CLAIM_STALE_AFTER) -> bool:
+        """Claim a held quarantine entry for one release; False when another release has it (or it is not held)."""
+        return self._claim(quarantine, quarantine_id, "held", owner, stale_after)
+
+    def release_quarantine_claim(self, quarantine_id: int, owner: str) -> None:
+        """Give a claim back (the release is over, whatever its outcome)."""
+        self._unclaim(quarantine, quarantine_id, owner)
 
     def purge_quarantined(self, quarantine_id: int) -> str | None:
         """Remove a quarantine entry; returns its sha256."""
@@ -543,6 +583,31 @@ class StateStore:
             query = query.where(table.c.status == status)
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
+
+    def _claim(self, table: Table, entry_id: int, status: str, owner: str, stale_after: float) -> bool:
+        """One UPDATE that only one process can win: the entry must be in ``status`` and unclaimed,
+        or claimed longer ago than ``stale_after`` or by a process of this host that is gone."""
+        stamp = now()
+        claimable = or_(table.c.claimed_at.is_(None), table.c.claimed_at < stamp - timedelta(seconds=stale_after))
+        with self.transaction() as connection:
+            won = connection.execute(update(table).where(table.c.id == entry_id, table.c.status == status, claimable)
+                                     .values(claimed_at=stamp, claimed_by=owner)).rowcount == 1
+            if won:
+                return True
+            row = connection.execute(select(table.c.claimed_by).where(table.c.id == entry_id,
+                                                                      table.c.status == status)).first()
+            if row is None or not owner_is_dead(row.claimed_by):
+                return False
+            # Its claimant crashed: take the claim over, by an UPDATE only one contender can win.
+            return bool(connection.execute(
+                update(table).where(table.c.id == entry_id, table.c.status == status,
+                                    table.c.claimed_by == row.claimed_by)
+                .values(claimed_at=stamp, claimed_by=owner)).rowcount == 1)
+
+    def _unclaim(self, table: Table, entry_id: int, owner: str) -> None:
+        with self.transaction() as connection:
+            connection.execute(update(table).where(table.c.id == entry_id, table.c.claimed_by == owner)
+                               .values(claimed_at=None, claimed_by=None))
 
     def _mark(self, table: Table, entry_id: int, **values: Any) -> None:
         with self.transaction() as connection:

@@ -168,7 +168,9 @@ def test_large_message_is_spooled_and_byte_exact(dovecot: DovecotServer, tmp_pat
         ((_, raw),) = list(session.retrieve_many([listing]))
         assert isinstance(raw, RawMessage)
         assert raw.spooled
-        assert raw.path is not None and raw.path.parent == tmp_path / "data" / "spool"
+        # In this process's own spool folder (see popflow/spool.py), with its lock beside it.
+        assert raw.path is not None and raw.path.parent.parent == tmp_path / "data" / "spool"
+        assert (raw.path.parent / "lock").exists()
         assert raw.size == len(big) == listing.size
         assert raw.read() == big
         raw.discard()

@@ -63,7 +63,9 @@ def load_folder(path: Path) -> list[bytes]:
 class Mailbox:
     """The messages of one user, guarded by a lock; safe to use from any thread."""
 
-    def __init__(self, messages: Iterable[bytes] = ()) -> None:
+    def __init__(self, messages: Iterable[bytes] = (), *, locking: bool = True) -> None:
+        self.locking = locking
+        """False: no maildrop lock, like servers that let two sessions open one maildrop at once."""
         self._lock = threading.Lock()
         self._messages: list[StoredMessage] = []
         self._next_id = 1
@@ -115,6 +117,8 @@ class Mailbox:
 
     def acquire(self, owner: object) -> bool:
         """Take the maildrop lock for ``owner``; False when another session holds it."""
+        if not self.locking:
+            return True
         with self._lock:
             if self._holder is not None and self._holder is not owner:
                 return False
@@ -143,7 +147,7 @@ class Mailbox:
         """Remove messages by UIDL on behalf of the lock holder (the UPDATE state); returns how many."""
         doomed = set(uidls)
         with self._lock:
-            if self._holder is not owner:
+            if self.locking and self._holder is not owner:
                 raise RuntimeError("only the session holding the maildrop lock may expunge")
             before = len(self._messages)
             self._messages = [m for m in self._messages if m.uidl not in doomed]

@@ -84,6 +84,8 @@ class POP3TestServer:
     ``auth_failure_delay`` (seconds) delays every failed login, as Dovecot does.
     ``greeting`` replaces the greeting's text (the APOP timestamp is still appended); one starting
     with ``-ERR`` is sent as it is and the connection closed, as a server refusing service does.
+    ``maildrop_lock=False`` lets several sessions open the maildrop at once (no ``[IN-USE]``), as
+    some real servers do; each session still sees the messages present at its login.
     """
 
     def __init__(self, messages: Iterable[bytes] | Path | str | None = None, *, username: str = "user",
@@ -93,14 +95,15 @@ class POP3TestServer:
                  sasl: Iterable[str] = ("PLAIN", "XOAUTH2"),
                  xoauth2_tokens: set[str] | TokenCheck | None = None, faults: FaultScript | None = None,
                  style: Literal["gmail", "microsoft", "dovecot"] = "gmail",
-                 auth_failure_delay: float = 0.0, greeting: str | None = None) -> None:
+                 auth_failure_delay: float = 0.0, greeting: str | None = None,
+                 maildrop_lock: bool = True) -> None:
         if isinstance(messages, (str, Path)):
             messages = load_folder(Path(messages))
         if implicit_tls and tls is None:
             raise ValueError("implicit_tls needs a tls context")
         if style not in OAUTH_SCOPES:
             raise ValueError(f"unknown style {style!r}; known: {', '.join(OAUTH_SCOPES)}")
-        self.mailbox = Mailbox(messages or ())
+        self.mailbox = Mailbox(messages or (), locking=maildrop_lock)
         self.username, self.password = username, password
         self.host, self.port = host, port
         self.tls, self.implicit_tls = tls, implicit_tls
