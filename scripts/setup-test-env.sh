@@ -7,6 +7,9 @@
 #      stopped if they run: they would take port 110/995 and a CPU loading signatures.
 #   2. the virtualenv (scripts/setup-dev.sh).
 #   3. PostgreSQL (127.0.0.1:5432, db test) and MariaDB (127.0.0.1:3306, db test) answering.
+#   4. popa3d, unpacked but NOT installed (its package conflicts with dovecot-pop3d: both provide
+#      pop3-server): `apt-get download` into $POPA3D_CACHE, `dpkg-deb -x` into $POPA3D_PREFIX.
+#      tests/support/popa3d.py runs $POPA3D_PREFIX/usr/sbin/popa3d and creates the users it needs.
 #
 # Idempotent: on a machine that already has everything it only checks, in about a second.
 # Under CI=true a service that cannot be made to answer is an error; otherwise a warning (the tests
@@ -18,6 +21,8 @@ VENV=${VENV:-.venv}
 APT_PACKAGES=(dovecot-pop3d clamav-daemon clamav openssl)
 SYSTEM_SERVICES=(dovecot clamav-daemon clamav-freshclam)
 POLICY_RC=/usr/sbin/policy-rc.d
+POPA3D_CACHE=${POPA3D_CACHE:-/var/cache/popflow-test}
+POPA3D_PREFIX=${POPA3D_PREFIX:-/opt/popflow-test/popa3d}
 CREATED_POLICY=0
 
 remove_policy() {
@@ -151,8 +156,57 @@ ensure_db() {
     say "$name is up"
 }
 
+# --- popa3d (unpacked, never installed) ------------------------------------------------------
+popa3d_ready() {
+    [[ -f "$POPA3D_PREFIX/.popflow-deb" && -x "$POPA3D_PREFIX/usr/sbin/popa3d" ]] \
+        && "$POPA3D_PREFIX/usr/sbin/popa3d" -V >/dev/null 2>&1
+}
+
+# The newest popa3d .deb in the cache, downloading it (apt verifies its hash) if there is none.
+popa3d_deb() {
+    local deb apt_opts=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=3 -o APT::Sandbox::User=root)
+    deb=$(find "$POPA3D_CACHE" -maxdepth 1 -name 'popa3d_*.deb' -print 2>/dev/null | sort -V | tail -n 1)
+    if [[ -z "$deb" ]]; then
+        mkdir -p "$POPA3D_CACHE"
+        if ! (cd "$POPA3D_CACHE" && apt-get "${apt_opts[@]}" download -qq popa3d >/dev/null 2>&1); then
+            # a fresh image may have no package lists at all
+            DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update -qq >/dev/null 2>&1 || true
+            (cd "$POPA3D_CACHE" && apt-get "${apt_opts[@]}" download -qq popa3d >/dev/null) || return 1
+        fi
+        deb=$(find "$POPA3D_CACHE" -maxdepth 1 -name 'popa3d_*.deb' -print | sort -V | tail -n 1)
+    fi
+    [[ -n "$deb" ]] && printf '%s\n' "$deb"
+}
+
+ensure_popa3d() {
+    popa3d_ready && return 0
+    if ((EUID != 0)); then
+        fail_or_warn "popa3d is not unpacked in $POPA3D_PREFIX (run this script as root)"
+        return 0
+    fi
+    local deb staging
+    if ! deb=$(popa3d_deb); then
+        fail_or_warn "cannot download the popa3d package (apt-get download popa3d)"
+        return 0
+    fi
+    say "unpacking $(basename "$deb") into $POPA3D_PREFIX (not installed)"
+    mkdir -p "$(dirname "$POPA3D_PREFIX")"
+    staging=$(mktemp -d "$POPA3D_PREFIX.new.XXXXXX")
+    if ! dpkg-deb -x "$deb" "$staging" || ! "$staging/usr/sbin/popa3d" -V >/dev/null 2>&1; then
+        rm -rf "$staging"
+        rm -f "$deb"  # a damaged download: fetch it again next time
+        fail_or_warn "$(basename "$deb") does not unpack into a working popa3d"
+        return 0
+    fi
+    basename "$deb" >"$staging/.popflow-deb"
+    chmod 755 "$staging"
+    rm -rf "$POPA3D_PREFIX"
+    mv "$staging" "$POPA3D_PREFIX"
+}
+
 install_system_packages
 stop_system_services
 scripts/setup-dev.sh
+ensure_popa3d
 ensure_db postgres
 ensure_db mariadb
