@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from popflow.delivery import Deliverer, Item, SinkRunner
-from popflow.errors import DeliveryError, PopflowError, SourceConnectionError
+from popflow.errors import DeliveryError, PopflowError, ServerMisbehaved, SourceConnectionError
 from popflow.outcome import Outcome, PollCounts
 from popflow.pipeline import Pipeline, describe_error
 from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
@@ -185,7 +185,9 @@ class Poller:
 
     def _record_misbehaved(self, exc: PopflowError) -> None:
         """The server broke the protocol while sending one message: skip that message from now on."""
-        listing = self._fetching.get(getattr(exc, "message_number", None) or 0)
+        if not isinstance(exc, ServerMisbehaved) or exc.message_number is None:
+            return
+        listing = self._fetching.get(exc.message_number)
         if listing is not None:
             self._record_skipped([(listing, describe_error(exc))], outcome=MISBEHAVED)
 

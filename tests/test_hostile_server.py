@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from popflow.testing.mailbox import to_wire as wire_form
 from tests.support.pipeline import maildir_files, make_app, write_config
-from tests.support.scripted_pop3 import Entry, ScriptedPop3, ScriptedSession, wire_form
+from tests.support.scripted_pop3 import Entry, ScriptedPop3, ScriptedSession
 from tests.test_state import store_url  # noqa: F401  (fixture: sqlite, postgresql, mariadb)
 
 pytestmark = pytest.mark.timeout(120)

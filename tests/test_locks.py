@@ -22,27 +22,13 @@ from sqlalchemy import insert
 from popflow.locks import Lease, LockBusy
 from popflow.processes import this_host
 from popflow.state import StateStore, locks, now
-from tests.support.databases import SERVER_URLS, require_server
-from tests.test_state import drop_state_tables
+from tests.test_state import store_url  # noqa: F401  (fixture: sqlite, postgresql, mariadb)
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind: str = request.param
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    require_server(kind)
-    url = SERVER_URLS[kind]
-    drop_state_tables(url)
-    yield url
-    drop_state_tables(url)
-
-
 @pytest.fixture
-def stores(store_url: str) -> Iterator[list[StateStore]]:
+def stores(store_url: str) -> Iterator[list[StateStore]]:  # noqa: F811
     """Three state stores (three connection pools) on one database, as three processes would have."""
     opened = [StateStore(store_url) for _ in range(3)]
     yield opened
@@ -112,7 +98,8 @@ def test_a_renewed_lease_outlives_its_length(stores: list[StateStore]) -> None:
     held.release()
 
 
-def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_url: str, tmp_path: Path) -> None:
+def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_url: str,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from popflow.locks import Lease\nfrom popflow.state import StateStore\n"

@@ -184,8 +184,6 @@ class Pop3Wire:
         try:
             data = self._recv()
         except OSError as exc:
-            if isinstance(exc, SourceConnectionError):
-                raise
             raise SourceConnectionError(f"{self.host}:{self.port}: connection lost: {exc}") from None
         if not data:
             raise SourceConnectionError(f"{self.host}:{self.port}: the server closed the connection")

@@ -16,20 +16,14 @@ ends). Deletions apply at QUIT, like a real maildrop, and the mailbox survives b
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-_STUFF = re.compile(rb"^\.", re.MULTILINE)
-
-
-def wire_form(raw: bytes) -> bytes:
-    """CRLF line endings, ending in CRLF (what a server sends before dot-stuffing)."""
-    data = re.sub(rb"\r?\n", b"\r\n", raw)
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
+from popflow.testing.mailbox import to_wire
+from popflow.testing.pop3session import stuff
 
 
 @dataclass
@@ -42,7 +36,7 @@ class Entry:
 
     @property
     def wire(self) -> bytes:
-        return wire_form(self.raw)
+        return to_wire(self.raw)
 
     def list_size(self) -> bytes:
         return self.listed_size if self.listed_size is not None else str(len(self.wire)).encode()
@@ -63,7 +57,7 @@ class ScriptedSession:
 
     def body(self, data: bytes) -> bytes:
         """``+OK`` + dot-stuffed ``data`` + terminator."""
-        return b"+OK\r\n" + _STUFF.sub(b"..", data) + b".\r\n"
+        return b"+OK\r\n" + stuff(data)
 
 
 class ScriptedPop3:
@@ -194,11 +188,3 @@ class ScriptedPop3:
             return number, session.entries[number - 1]
         return None
 
-
-def trickle(data: bytes, every: float) -> Iterator[bytes]:
-    """``data`` one byte at a time, ``every`` seconds apart (a server that defeats per-recv timeouts)."""
-    import time
-
-    for index in range(len(data)):
-        yield data[index:index + 1]
-        time.sleep(every)
