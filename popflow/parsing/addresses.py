@@ -1,27 +1,23 @@
 """Address lists, Message-ID and Date from header text, lenient about what real mail writes.
 
-``email.utils.getaddresses`` does the parsing (it is forgiving and cheap); its result is checked,
-and when it returns nothing usable the addresses are picked out with a regular expression.
+Most address headers are plain ``Name <a@b>, c@d`` lists, read by one regex per item; anything else
+(groups, comments, quoted commas, broken syntax) goes to :mod:`popflow.parsing.address_list`.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 from popflow.message import Address
+from popflow.parsing.address_list import read_address_list
 from popflow.parsing.encoded_words import decode_words
 from popflow.parsing.headers import sanitize
 
 MAX_ADDRESS_HEADER = 64 * 1024
-"""Longer address headers are cut (at a comma) before parsing: the stdlib parser is pure Python."""
+"""Longer address headers are cut (at a comma) before parsing: the full reader is pure Python."""
 
-_ANGLE_ADDRESS = re.compile(r"<([^<>\s]*@[^<>\s]*)>")
-# Bounded repeats keep these linear on long junk (no backtracking over a 64 KB run).
-_BARE_ADDRESS = re.compile(r"[^\s<>\"',;:()\[\]@]{1,64}@[^\s<>\"',;:()\[\]@]{1,255}")
-_EMPTY_GROUP = re.compile(r"[^:\"<>@]*:\s*(?:;\s*)?(?:\([^()]*\)\s*)?")
-_BAD_IN_ADDRESS = re.compile(r"[\s<>\"]")
 _ADDR_SPEC = r"[^<>()\s\",;:@\\\[\]]+@[^<>()\s\",;:@\\]+"
 # Every branch is deterministic (each class excludes what ends it): linear on any input.
 _SIMPLE_MAILBOX = re.compile(
@@ -43,29 +39,22 @@ def parse_addresses(text: str, name: str, defects: list[str]) -> list[Address]:
     if simple is not None:
         return [Address(name=sanitize(decode_words(display, where, defects)), address=address)
                 for display, address in simple]
-    try:
-        pairs = getaddresses([text])
-    except Exception:  # e.g. RecursionError on deeply nested comments
-        pairs = []
-    result = [
-        Address(name=sanitize(decode_words(display.strip(), where, defects)), address=sanitize(address))
-        for display, address in pairs
-        if display or address
-    ]
-    if result and not any(_BAD_IN_ADDRESS.search(item.address) for item in result):
-        return result
-    if _EMPTY_GROUP.fullmatch(text) or ("@" not in text and ":" in text):
-        return []  # "undisclosed-recipients:;" is a group without members, not an error
-    defects.append(f"{where}: unparseable address")
-    found = _ANGLE_ADDRESS.findall(text) or _BARE_ADDRESS.findall(text)
-    return [Address(address=sanitize(address)) for address in found]
+    found = read_address_list(text)
+    if found.source_route:
+        defects.append(f"{where}: obsolete source route dropped")
+    if found.missing_comma:
+        defects.append(f"{where}: missing comma between addresses")
+    if found.dropped:
+        defects.append(f"{where}: unparseable address")
+    return [Address(name=sanitize(decode_words(display, where, defects)), address=sanitize(address))
+            for display, address in found.mailboxes]
 
 
 def _simple_addresses(text: str) -> list[tuple[str, str]] | None:
     """``[(name, address)]`` when every item is a plain mailbox; None sends the text to the full parser.
 
     Most real headers are ``Name <a@b>``, ``"Name" <a@b>`` or ``a@b``: a regex per item is several
-    times faster than ``getaddresses``. Quoted commas, comments, groups all fail the match.
+    times faster than the full reader. Quoted commas, comments, groups all fail the match.
     """
     pairs = []
     for item in text.split(","):

@@ -21,11 +21,12 @@ from popflow.parsing.defects import finish_defects
 from popflow.parsing.encoded_words import decode_words
 from popflow.parsing.headers import header_text, sanitize
 from popflow.parsing.mime import Part, walk
-from popflow.parsing.transfer import transfer_decode
+from popflow.parsing.transfer import is_readable_encoding, transfer_decode
 from popflow.raw import RawMessage
 from popflow.safenames import safe_filename
 
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+_LINE_END_SAMPLE = 64 * 1024
 _FORWARDED_TYPES = frozenset({"message/rfc822", "message/global"})
 _EXTENSIONS = {
     "text/plain": ".txt",
@@ -41,10 +42,16 @@ def parse_body(raw: RawMessage) -> Body:
     body = Body()
     defects: list[str] = []
     try:
-        with _buffer(raw) as data:
-            for part in walk(data, defects):
+        with _buffer(raw, defects) as (data, converted):
+            leaves = walk(data, defects)
+            # An unsplittable multipart is a last resort for the text slot: a real text part after
+            # it is the body (the empty multipart/alternative some mailers write must not take it).
+            for part in [*(leaf for leaf in leaves if not leaf.unsplit), *(leaf for leaf in leaves if leaf.unsplit)]:
+                if part.unsplit and part.section != "body" and not data[part.start:part.end].strip():
+                    defects.append(f"{part.section}: empty multipart, ignored")
+                    continue
                 try:
-                    _take_part(part, data, raw, body, defects)
+                    _take_part(part, data, raw, converted, body, defects)
                 except Exception as exc:  # one unreadable part must not cost the others
                     defects.append(f"{part.section}: unreadable ({type(exc).__name__}), skipped")
     except Exception as exc:  # the raw bytes stay intact; the body is just not parsed
@@ -54,26 +61,59 @@ def parse_body(raw: RawMessage) -> Body:
 
 
 @contextlib.contextmanager
-def _buffer(raw: RawMessage) -> Iterator[bytes]:
-    """The message bytes: in memory as they are, or a spool file memory-mapped (not read into RAM)."""
+def _buffer(raw: RawMessage, defects: list[str]) -> Iterator[tuple[bytes, bool]]:
+    """The message bytes: in memory as they are, or a spool file memory-mapped (not read into RAM).
+
+    A message whose lines end in a bare CR (old Mac mailers, some bounce generators) is read with
+    those CRs as line breaks, so that its MIME boundaries are found; the flag says so.
+    """
     if not raw.spooled or raw.size == 0:
-        yield raw.read()
+        data = raw.read()
+        if bare_cr_line_ends(data):
+            defects.append("body: lines end in a bare CR, read as line breaks")
+            yield cr_to_lf(data), True
+            return
+        yield data, False
         return
     with raw.open() as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        yield mapped  # type: ignore[misc]  # an mmap supports every bytes operation used here
+        if bare_cr_line_ends(mapped[:_LINE_END_SAMPLE]):
+            defects.append("body: lines end in a bare CR, read as line breaks")
+            yield cr_to_lf(mapped[:]), True
+            return
+        yield mapped, False  # type: ignore[misc]  # an mmap supports every bytes operation used here
 
 
-def _take_part(part: Part, data: bytes, raw: RawMessage, body: Body, defects: list[str]) -> None:
+def bare_cr_line_ends(data: bytes) -> bool:
+    """True when the lines of ``data`` end in a bare CR rather than LF or CRLF (judged on its start)."""
+    sample = data[:_LINE_END_SAMPLE]
+    carriage_returns = sample.count(b"\r")
+    if not carriage_returns:
+        return False
+    crlf = sample.count(b"\r\n")
+    return carriage_returns - crlf > sample.count(b"\n")
+
+
+def cr_to_lf(data: bytes) -> bytes:
+    """``data`` with every CRLF and every bare CR made a LF: one line-end convention to split by."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def _take_part(part: Part, data: bytes, raw: RawMessage, converted: bool, body: Body,
+               defects: list[str]) -> None:
     """Make ``part`` the text, the HTML or an attachment of ``body``."""
     content = transfer_decode(bytes(data[part.start:part.end]), part.transfer_encoding, part.section, defects)
     raw_name = part.disposition_params.get("filename") or part.params.get("name")
-    body_like = part.disposition != "attachment" and not raw_name
+    # RFC 2183: only "attachment" makes a part an attachment. A named text part that is inline (or
+    # has no disposition) is displayed as the body by mail clients when it is the first text part.
+    # A named part in a transfer encoding popflow cannot read (x-gzip64) stays an attachment.
+    body_like = part.disposition != "attachment" and (not raw_name or (
+        body.text is None and body.html is None and is_readable_encoding(part.transfer_encoding)))
     if body_like and part.content_type == "text/plain" and body.text is None:
         body.text = _text(content, part, defects)
     elif body_like and part.content_type == "text/html" and body.html is None:
         body.html = _text(content, part, defects)
     else:
-        body.attachments.append(_attachment(part, content, raw_name, raw, defects))
+        body.attachments.append(_attachment(part, content, raw_name, raw, converted, defects))
 
 
 def _text(content: bytes, part: Part, defects: list[str]) -> str:
@@ -87,7 +127,7 @@ def _text(content: bytes, part: Part, defects: list[str]) -> str:
     return text
 
 
-def _attachment(part: Part, content: bytes, raw_name: str | None, raw: RawMessage,
+def _attachment(part: Part, content: bytes, raw_name: str | None, raw: RawMessage, converted: bool,
                 defects: list[str]) -> Attachment:
     original = None
     if raw_name:
@@ -110,15 +150,21 @@ def _attachment(part: Part, content: bytes, raw_name: str | None, raw: RawMessag
         content_id=content_id,
         inline=part.disposition == "inline" or (not part.disposition and content_id is not None),
     )
-    attachment._content_loader = _loader(raw, part.start, part.end, part.transfer_encoding, part.section)
+    attachment._content_loader = _loader(raw, part, converted)
     return attachment
 
 
-def _loader(raw: RawMessage, start: int, end: int, encoding: str, where: str) -> Callable[[], bytes]:
-    """A closure that re-reads and decodes one part's bytes from the raw message."""
+def _loader(raw: RawMessage, part: Part, converted: bool) -> Callable[[], bytes]:
+    """A closure that re-reads and decodes one part's bytes from the raw message.
+
+    ``converted``: the offsets are in the message with its bare CRs made line breaks.
+    """
+    start, end, encoding, where = part.start, part.end, part.transfer_encoding, part.section
 
     def load() -> bytes:
-        if raw.spooled:
+        if converted:
+            encoded = cr_to_lf(raw.read())[start:end]
+        elif raw.spooled:
             with raw.open() as handle:
                 handle.seek(start)
                 encoded = handle.read(end - start)

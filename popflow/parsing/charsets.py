@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import re
 
 DETECT_SAMPLE = 32 * 1024
 """charset-normalizer only looks at this many bytes: enough to guess, and keeps the cost bounded."""
@@ -44,6 +45,18 @@ _PREFERRED_ON_TIE = ("utf-8", "cp1252", "iso8859-1", "iso8859-15", "cp1251", "ko
 # Labels that are often put on text that is really UTF-8 (old defaults of mail programs).
 _OFTEN_MISLABELLED = frozenset({"ascii", "iso8859-1", "cp1252"})
 
+# Two 8-bit bytes in a row: a multi-byte character or a word in a non-Latin single-byte script.
+# Without one, every 8-bit byte is a lone accented letter in Latin text (café, naïve).
+_HIGH_BYTE_PAIR = re.compile(rb"[\x80-\xff]{2}")
+
+GOOD_PER_BAD = {"utf-8": 4}
+"""Text decodes "with a few bad bytes" when it has this many good non-ASCII characters per bad byte.
+
+UTF-8 is self-checking (other text rarely decodes as UTF-8 at all); the legacy multi-byte
+charsets decode each other's text with few errors, so they need more evidence.
+"""
+GOOD_PER_BAD_OTHERS = 10
+
 
 @functools.lru_cache(maxsize=256)  # a few distinct names per message, looked up many times
 def normalize_charset(charset: str | None) -> str | None:
@@ -73,6 +86,12 @@ def detect(data: bytes) -> str:
         return "utf-8"
     except UnicodeDecodeError:
         pass
+    if decode_mostly(data, "utf-8") is not None:
+        return "utf-8"
+    if _HIGH_BYTE_PAIR.search(data, 0, DETECT_SAMPLE) is None and _decodes(data[:DETECT_SAMPLE], "cp1252"):
+        # Lone high bytes in ASCII text: Windows-1252, as mail clients read it; a detector picks
+        # whichever of the many single-byte code pages it tried first (cp1258, cp437...).
+        return "cp1252"
     try:
         from charset_normalizer import from_bytes
 
@@ -121,11 +140,46 @@ def decode_text(data: bytes, charset: str | None, where: str, defects: list[str]
     try:
         return data.decode(codec)
     except (UnicodeDecodeError, LookupError, ValueError):
-        guess = detect(data)
-        if guess == codec:
-            guess = "latin-1" if codec != "latin-1" else guess
-        defects.append(f"{where}: invalid {_shown(charset or codec)} text, decoded as {guess}")
-        return _decode(data, guess)
+        pass
+    if codec != "utf-8" and _decodes(data, "utf-8"):
+        # Valid UTF-8 is a strong signal (random bytes rarely are): mislabelled or double-encoded.
+        defects.append(f"{where}: invalid {_shown(charset or codec)} text, decoded as utf-8")
+        return data.decode("utf-8")
+    repaired = decode_mostly(data, codec)
+    if repaired is not None:  # a bad byte or two in a real text of that charset: keep the charset
+        defects.append(f"{where}: invalid {_shown(charset or codec)} bytes replaced")
+        return repaired
+    guess = detect(data)
+    if guess == codec:
+        guess = "latin-1" if codec != "latin-1" else guess
+    defects.append(f"{where}: invalid {_shown(charset or codec)} text, decoded as {guess}")
+    return _decode(data, guess)
+
+
+def decode_mostly(data: bytes, codec: str) -> str | None:
+    """``data`` in ``codec`` with its few undecodable bytes replaced, or None if they are not few.
+
+    "Few" compares the replacements with the non-ASCII characters that did decode: one bad byte in
+    a Cyrillic UTF-8 or a Big5 text costs one U+FFFD, while Latin-1 text labelled UTF-8 (no good
+    non-ASCII character at all) is not this charset and goes back to guessing.
+    """
+    try:
+        text = data.decode(codec, errors="replace")
+    except (LookupError, ValueError):
+        return None
+    bad = text.count("\ufffd")
+    if not bad:
+        return text
+    good = sum(1 for char in text if char > "\x7f") - bad
+    return text if good >= GOOD_PER_BAD.get(codec, GOOD_PER_BAD_OTHERS) * bad else None
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    try:
+        data.decode(codec)
+    except (UnicodeDecodeError, LookupError, ValueError):
+        return False
+    return True
 
 
 def _decode(data: bytes, codec: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import re
 
-from popflow.parsing.charsets import decode_text
+from popflow.parsing.charsets import decode_text, normalize_charset
 
 # The encoded text cannot contain "?", so each attempt to match scans only up to the next "?":
 # the regex stays linear. Spaces inside the text are tolerated (broken mailers write them).
@@ -52,6 +52,20 @@ def decode_quoted_printable(data: bytes, header: bool = False) -> bytes:
         return data
 
 
+def _eight_bit_payload(text: str, charset: str) -> bytes:
+    """The encoded text of one word that holds 8-bit characters, as bytes in the word's charset.
+
+    Encoded text must be ASCII, but mailers put raw 8-bit bytes in it (``=?iso-8859-1?Q?Fr\xf6sche?=``).
+    The header was decoded to text before its words, so such a byte is a character by now: it is
+    turned back into the word's own charset, in which the word is then decoded, instead of dropped.
+    """
+    codec = normalize_charset(charset) or "utf-8"
+    try:
+        return text.encode(codec)
+    except (UnicodeEncodeError, LookupError, ValueError):
+        return text.encode("utf-8", errors="replace")
+
+
 def decode_words(value: str, where: str, defects: list[str]) -> str:
     """``value`` with every RFC 2047 encoded word decoded; problems go to ``defects``.
 
@@ -62,7 +76,7 @@ def decode_words(value: str, where: str, defects: list[str]) -> str:
         return value
     pieces: list[str | tuple[str, bytearray]] = []
     position = 0
-    broken = False
+    broken = eight_bit = False
     for match in _ENCODED_WORD.finditer(value):
         between = value[position:match.start()]
         position = match.end()
@@ -70,7 +84,12 @@ def decode_words(value: str, where: str, defects: list[str]) -> str:
         if between and not (previous_encoded and between.isspace()):
             pieces.append(between)
         charset = match.group(1).split("*", 1)[0]  # RFC 2231 adds "*language"
-        payload = match.group(3).encode("ascii", errors="ignore")
+        text = match.group(3)
+        if text.isascii():
+            payload = text.encode("ascii")
+        else:
+            payload = _eight_bit_payload(text, charset)
+            eight_bit = True
         if match.group(2) in "bB":
             decoded, bad = decode_base64(payload)
             broken = broken or bad
@@ -88,6 +107,8 @@ def decode_words(value: str, where: str, defects: list[str]) -> str:
         pieces.append(tail)
     if broken:
         defects.append(f"{where}: broken base64 in an encoded word")
+    if eight_bit:
+        defects.append(f"{where}: 8-bit characters inside an encoded word")
     return "".join(
         piece if isinstance(piece, str) else decode_text(bytes(piece[1]), piece[0], where, defects)
         for piece in pieces

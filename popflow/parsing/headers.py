@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from popflow.parsing.charsets import detect, normalize_charset
+from popflow.parsing.charsets import decode_mostly, detect, normalize_charset
 from popflow.parsing.encoded_words import decode_words
 
 _LF_BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -119,6 +119,10 @@ def _split_fields(block: bytes, offset: int, result: HeaderBlock, where: str) ->
         length = len(line) + 1
         if line.endswith(b"\r"):
             line = line[:-1]
+        if not line:  # the blank line itself (only seen when lines end in a bare CR)
+            result.body_start = offset + length
+            result.complete = True
+            break
         if line[:1] in (b" ", b"\t"):
             if name is not None:
                 parts.append(line)
@@ -173,7 +177,7 @@ def header_text(raw: bytes, name: str, fallback: str, defects: list[str], *, wor
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            repaired = _mostly_utf8(raw)
+            repaired = decode_mostly(raw, "utf-8")
             if repaired is not None:
                 text = repaired
                 defects.append(f"header {name}: invalid UTF-8 bytes replaced")
@@ -184,14 +188,6 @@ def header_text(raw: bytes, name: str, fallback: str, defects: list[str], *, wor
     if words and "=?" in text:  # checked here: most fields have no encoded word to build a label for
         text = decode_words(text, f"header {name}", defects)
     return sanitize(text)
-
-
-def _mostly_utf8(raw: bytes) -> str | None:
-    """``raw`` as UTF-8 with a few bad bytes replaced, if it is UTF-8 but for those bytes."""
-    text = raw.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd")
-    good = sum(1 for char in text if char > "\x7f") - bad
-    return text if good >= 4 * bad else None
 
 
 def sanitize(text: str) -> str:

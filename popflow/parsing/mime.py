@@ -32,6 +32,8 @@ class Part:
     transfer_encoding: str = ""
     start: int = 0
     end: int = 0
+    unsplit: bool = False
+    """A multipart that could not be split (no boundary, boundary not found), read as text/plain."""
 
 
 @dataclass
@@ -67,6 +69,7 @@ def walk(data: bytes, defects: list[str]) -> list[Part]:
         children = _children(data, node, part, defects)
         if children is None:
             part.content_type = "text/plain"  # unsplittable: show it as text rather than lose it
+            part.unsplit = True
             leaves.append(part)
             continue
         stack.extend(reversed(children))

@@ -24,6 +24,11 @@ def normalize_encoding(encoding: str) -> str:
     return name
 
 
+def is_readable_encoding(encoding: str) -> bool:
+    """True for the transfer encodings :func:`transfer_decode` decodes (or needs not decode)."""
+    return encoding in _IDENTITY or normalize_encoding(encoding) in _IDENTITY | _KNOWN
+
+
 def transfer_decode(data: bytes, encoding: str, where: str, defects: list[str]) -> bytes:
     """``data`` decoded from its transfer ``encoding``; what cannot be decoded is reported."""
     if encoding in _IDENTITY:
@@ -48,10 +53,14 @@ def transfer_decode(data: bytes, encoding: str, where: str, defects: list[str]) 
 
 
 def _decode_uu(data: bytes, where: str, defects: list[str]) -> bytes:
-    """Decode a uuencoded body (between ``begin`` and ``end`` lines), line by line."""
+    """Decode a uuencoded body (between ``begin`` and ``end`` lines), line by line.
+
+    A line's first character says how many bytes it holds; characters past those (trailing junk
+    some encoders add) are cut off, as the standard library's ``uu`` codec does, not the line lost.
+    """
     out = bytearray()
     started = False
-    broken = False
+    broken = trailing = False
     for line in data.splitlines():
         if not started:
             started = line.startswith(b"begin ")
@@ -60,8 +69,22 @@ def _decode_uu(data: bytes, where: str, defects: list[str]) -> bytes:
             break
         try:
             out += binascii.a2b_uu(line)
+            continue
+        except (binascii.Error, ValueError):
+            pass
+        try:
+            out += binascii.a2b_uu(line[:_uu_line_length(line)])
+            trailing = True
         except (binascii.Error, ValueError):
             broken = True
     if not started or broken:
         defects.append(f"{where}: broken uuencode")
+    elif trailing:
+        defects.append(f"{where}: uuencode lines with trailing characters, cut")
     return bytes(out)
+
+
+def _uu_line_length(line: bytes) -> int:
+    """How many characters of a uuencoded line carry data: the length byte and 4 per 3 bytes."""
+    count = (line[0] - 32) & 63 if line else 0
+    return (count * 4 + 5) // 3
