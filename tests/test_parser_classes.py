@@ -242,3 +242,23 @@ def test_missing_comma_between_two_addresses_gives_both() -> None:
     assert _to("a@b.example c@d.example") == [("", "a@b.example"), ("", "c@d.example")]
     assert _to("\"Doe, Jane\" <jane@example.org>, a@b.example c@d.example") == [
         ("Doe, Jane", "jane@example.org"), ("", "a@b.example"), ("", "c@d.example")]
+
+
+def test_address_reader_keeps_what_the_full_syntax_allows() -> None:
+    assert _to("Team: a@b.example, \"Doe, J\" <j@c.example>;, e@f.example") == [
+        ("", "a@b.example"), ("Doe, J", "j@c.example"), ("", "e@f.example")]
+    assert _to("Undisclosed recipients:;") == []
+    assert _to("j@x.example (Joe), Pete(A wonderful \\) chap) <pete(his account)@silly.test(his host)>") == [
+        ("Joe", "j@x.example"), ("Pete", "pete@silly.test")]
+    assert _to("\"john doe\"@example.com, jdoe@test   . example") == [
+        ("", "\"john doe\"@example.com"), ("", "jdoe@test.example")]
+    assert _to("root, \"Ops\" <ops>") == [("", "root"), ("Ops", "ops")]
+    assert _to("Mikel@Lindsaar <raasdnil@gmail.com>") == [("Mikel@Lindsaar", "raasdnil@gmail.com")]
+    assert _to("Big Bug bb@bug.com") == [("Big Bug", "bb@bug.com")]
+    assert _to("Mary Smith") == []
+
+
+def test_the_null_sender_keeps_its_name() -> None:
+    message = parse(b"From: MAILER DAEMON <>\r\n\r\nbounce")
+    assert message.from_ is not None
+    assert (message.from_.name, message.from_.address) == ("MAILER DAEMON", "")
