@@ -8,7 +8,7 @@ never pays for parsing it. The raw bytes stay the source of truth and are availa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -42,12 +42,26 @@ class Attachment(BaseModel):
     inline: bool = False
 
     _content_loader: Callable[[], bytes] | None = PrivateAttr(default=None)
+    _chunk_loader: Callable[[], Iterator[bytes]] | None = PrivateAttr(default=None)
 
     def content(self) -> bytes:
-        """The decoded bytes of the attachment."""
-        if self._content_loader is None:
-            return b""
-        return self._content_loader()
+        """The decoded bytes of the attachment, all at once (see :meth:`chunks` for large ones)."""
+        if self._content_loader is not None:
+            return self._content_loader()
+        if self._chunk_loader is not None:
+            return b"".join(self._chunk_loader())
+        return b""
+
+    def chunks(self) -> Iterator[bytes]:
+        """The decoded bytes in pieces of about 1 MB, read anew from the raw message on each call.
+
+        Memory stays bounded whatever the attachment's size: use it to write, hash or scan a large
+        attachment instead of :meth:`content`.
+        """
+        if self._chunk_loader is not None:
+            yield from self._chunk_loader()
+        else:
+            yield self.content()
 
 
 class Body(BaseModel):

@@ -9,11 +9,10 @@ the raw message, so the parsed body holds no attachment bytes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import mimetypes
 import mmap
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from popflow.message import Attachment, Body
 from popflow.parsing.charsets import decode_text
@@ -21,7 +20,8 @@ from popflow.parsing.defects import finish_defects
 from popflow.parsing.encoded_words import decode_words
 from popflow.parsing.headers import header_text, sanitize
 from popflow.parsing.mime import Part, walk
-from popflow.parsing.transfer import is_readable_encoding, transfer_decode
+from popflow.parsing.part_content import PartRange, chunk_loader, cr_to_lf, measure
+from popflow.parsing.transfer import CHUNK, is_readable_encoding, transfer_decode
 from popflow.raw import RawMessage
 from popflow.safenames import safe_filename
 
@@ -93,27 +93,23 @@ def bare_cr_line_ends(data: bytes) -> bool:
     return carriage_returns - crlf > sample.count(b"\n")
 
 
-def cr_to_lf(data: bytes) -> bytes:
-    """``data`` with every CRLF and every bare CR made a LF: one line-end convention to split by."""
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-
-
 def _take_part(part: Part, data: bytes, raw: RawMessage, converted: bool, body: Body,
                defects: list[str]) -> None:
     """Make ``part`` the text, the HTML or an attachment of ``body``."""
-    content = transfer_decode(bytes(data[part.start:part.end]), part.transfer_encoding, part.section, defects)
     raw_name = part.disposition_params.get("filename") or part.params.get("name")
     # RFC 2183: only "attachment" makes a part an attachment. A named text part that is inline (or
     # has no disposition) is displayed as the body by mail clients when it is the first text part.
     # A named part in a transfer encoding popflow cannot read (x-gzip64) stays an attachment.
     body_like = part.disposition != "attachment" and (not raw_name or (
         body.text is None and body.html is None and is_readable_encoding(part.transfer_encoding)))
-    if body_like and part.content_type == "text/plain" and body.text is None:
-        body.text = _text(content, part, defects)
-    elif body_like and part.content_type == "text/html" and body.html is None:
-        body.html = _text(content, part, defects)
-    else:
-        body.attachments.append(_attachment(part, content, raw_name, raw, converted, defects))
+    if body_like and part.content_type in ("text/plain", "text/html"):
+        slot = "text" if part.content_type == "text/plain" else "html"
+        if getattr(body, slot) is None:
+            content = transfer_decode(bytes(data[part.start:part.end]), part.transfer_encoding, part.section, defects)
+            setattr(body, slot, _text(content, part, defects))
+            return
+    where = PartRange(raw, part.start, part.end, part.transfer_encoding, part.section, converted)
+    body.attachments.append(_attachment(part, where, data, raw_name, defects))
 
 
 def _text(content: bytes, part: Part, defects: list[str]) -> str:
@@ -127,7 +123,7 @@ def _text(content: bytes, part: Part, defects: list[str]) -> str:
     return text
 
 
-def _attachment(part: Part, content: bytes, raw_name: str | None, raw: RawMessage, converted: bool,
+def _attachment(part: Part, where: PartRange, data: bytes, raw_name: str | None,
                 defects: list[str]) -> Attachment:
     original = None
     if raw_name:
@@ -141,38 +137,19 @@ def _attachment(part: Part, content: bytes, raw_name: str | None, raw: RawMessag
     content_id = None
     if raw_id is not None:
         content_id = header_text(raw_id, "Content-ID", "latin-1", defects, words=False).strip("<> \t") or None
+    pieces = (bytes(data[offset:min(offset + CHUNK, part.end)]) for offset in range(part.start, part.end, CHUNK))
+    size, sha256, streamable = measure(where, pieces, defects)
     attachment = Attachment(
         filename=safe_filename(original, fallback),
         original_filename=original,
         content_type=part.content_type,
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
+        size=size,
+        sha256=sha256,
         content_id=content_id,
         inline=part.disposition == "inline" or (not part.disposition and content_id is not None),
     )
-    attachment._content_loader = _loader(raw, part, converted)
+    attachment._chunk_loader = chunk_loader(where, streamable)
     return attachment
-
-
-def _loader(raw: RawMessage, part: Part, converted: bool) -> Callable[[], bytes]:
-    """A closure that re-reads and decodes one part's bytes from the raw message.
-
-    ``converted``: the offsets are in the message with its bare CRs made line breaks.
-    """
-    start, end, encoding, where = part.start, part.end, part.transfer_encoding, part.section
-
-    def load() -> bytes:
-        if converted:
-            encoded = cr_to_lf(raw.read())[start:end]
-        elif raw.spooled:
-            with raw.open() as handle:
-                handle.seek(start)
-                encoded = handle.read(end - start)
-        else:
-            encoded = raw.read()[start:end]
-        return transfer_decode(encoded, encoding, where, [])
-
-    return load
 
 
 def _extension(content_type: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterable, Iterator
 
 from popflow.parsing.encoded_words import decode_base64, decode_quoted_printable
 
@@ -88,3 +89,67 @@ def _uu_line_length(line: bytes) -> int:
     """How many characters of a uuencoded line carry data: the length byte and 4 per 3 bytes."""
     count = (line[0] - 32) & 63 if line else 0
     return (count * 4 + 5) // 3
+
+
+CHUNK = 1024 * 1024
+"""Encoded bytes read and decoded at a time when a part is streamed."""
+
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+
+
+class NotStreamable(Exception):
+    """The part's encoding needs the whole part at once (broken base64, uuencode, an odd name)."""
+
+
+def is_streamable(encoding: str) -> bool:
+    """True when :func:`iter_transfer_decoded` can decode ``encoding`` piece by piece."""
+    return encoding in _IDENTITY or encoding in ("base64", "quoted-printable")
+
+
+def iter_transfer_decoded(pieces: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """The decoded bytes of a part whose encoded bytes come in ``pieces``, a piece at a time.
+
+    Yields exactly what :func:`transfer_decode` returns for the joined pieces, in bounded memory.
+    Raises :class:`NotStreamable` (possibly after yielding) when the part is not in an encoding
+    this can stream or its base64 is not strictly valid: decode it whole then, with its defects.
+    """
+    if encoding in _IDENTITY:
+        yield from pieces
+    elif encoding == "base64":
+        yield from _iter_base64(pieces)
+    elif encoding == "quoted-printable":
+        yield from _iter_quoted_printable(pieces)
+    else:
+        raise NotStreamable(encoding)
+
+
+def _iter_base64(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    carry = b""
+    for piece in pieces:
+        compact = carry + piece.translate(None, _WHITESPACE)
+        whole = len(compact) - len(compact) % 4
+        carry = compact[whole:]
+        if whole:
+            yield _strict_base64(compact[:whole])
+    if carry:
+        yield _strict_base64(carry)
+
+
+def _strict_base64(data: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise NotStreamable("base64") from None
+
+
+def _iter_quoted_printable(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    # Quoted-printable decodes line by line: cut each piece after its last line break.
+    carry = b""
+    for piece in pieces:
+        data = carry + piece
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield decode_quoted_printable(data[:cut])
+    if carry:
+        yield decode_quoted_printable(carry)

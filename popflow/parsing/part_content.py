@@ -1,0 +1,95 @@
+"""An attachment's bytes, decoded from the raw message in bounded pieces, when and as often as asked.
+
+The body parser records where each leaf lies (a byte range of the raw message, or of its bare-CR
+converted form) and computes its size and SHA-256 here by streaming through it once; sinks later
+stream it again (:meth:`popflow.message.Attachment.chunks`). No copy of a whole large attachment,
+encoded or decoded, is made for either, except for the encodings that cannot be streamed (broken
+base64, uuencode), which are decoded whole as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from popflow.parsing.transfer import CHUNK, NotStreamable, is_streamable, iter_transfer_decoded, transfer_decode
+from popflow.raw import RawMessage
+
+
+def cr_to_lf(data: bytes) -> bytes:
+    """``data`` with every CRLF and every bare CR made a LF: one line-end convention to split by."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+@dataclass(frozen=True)
+class PartRange:
+    """Where one part's encoded bytes lie, and how they are encoded."""
+
+    raw: RawMessage
+    start: int
+    end: int
+    encoding: str
+    where: str
+    converted: bool = False
+    """The offsets are in the message with its bare CRs made line breaks (see ``cr_to_lf``)."""
+
+    def encoded_pieces(self) -> Iterator[bytes]:
+        """The encoded bytes, :data:`CHUNK` at a time, read from memory or the spool file."""
+        if self.converted:
+            data = cr_to_lf(self.raw.read())
+            yield from _slices(data, self.start, self.end)
+        elif self.raw.spooled:
+            with self.raw.open() as handle:
+                handle.seek(self.start)
+                left = self.end - self.start
+                while left > 0:
+                    piece = handle.read(min(CHUNK, left))
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+        else:
+            yield from _slices(self.raw.read(), self.start, self.end)
+
+    def decoded_whole(self, defects: list[str]) -> bytes:
+        """The decoded bytes in one piece (the encodings that cannot be streamed)."""
+        return transfer_decode(b"".join(self.encoded_pieces()), self.encoding, self.where, defects)
+
+
+def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    view = memoryview(data)
+    for offset in range(start, end, CHUNK):
+        yield bytes(view[offset:min(offset + CHUNK, end)])
+
+
+def measure(part: PartRange, pieces: Iterator[bytes], defects: list[str]) -> tuple[int, str, bool]:
+    """``(size, sha256, streamable)`` of the decoded part, streaming through ``pieces`` once.
+
+    ``pieces`` are the part's encoded bytes (the parser passes slices of its buffer, so a spooled
+    message is not read twice). When the part cannot be streamed it is decoded whole, which also
+    records its defects (broken base64...), and ``streamable`` is False.
+    """
+    if is_streamable(part.encoding):
+        digest, size = hashlib.sha256(), 0
+        try:
+            for chunk in iter_transfer_decoded(pieces, part.encoding):
+                digest.update(chunk)
+                size += len(chunk)
+            return size, digest.hexdigest(), True
+        except NotStreamable:
+            pass
+    content = part.decoded_whole(defects)
+    return len(content), hashlib.sha256(content).hexdigest(), False
+
+
+def chunk_loader(part: PartRange, streamable: bool) -> Callable[[], Iterator[bytes]]:
+    """A function that yields the part's decoded bytes anew on every call."""
+
+    def chunks() -> Iterator[bytes]:
+        if streamable:
+            yield from iter_transfer_decoded(part.encoded_pieces(), part.encoding)
+        else:
+            yield part.decoded_whole([])
+
+    return chunks
