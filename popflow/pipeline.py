@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict
 
 from popflow.errors import DeadLetterError, DeferMessage, PopflowError, RetryableError
-from popflow.hookcall import PluginHookError, call_each, call_first
+from popflow.hookcall import PluginHookError
 from popflow.message import Message
 from popflow.outcome import Outcome, Routed
 from popflow.plugins import PopflowPluginManager
@@ -51,13 +51,13 @@ class Pipeline:
                 if scanned is not None:
                     return scanned
             stage = "filter"
-            decision: FilterDecision | None = call_first(self.pm.hook.popflow_filter, message=message)
+            decision: FilterDecision | None = self.pm.hook.popflow_filter(message=message)
             if decision is not None and not decision.keep:
                 return Outcome("dropped", decision.reason or "dropped by a filter", message)
             stage = "transform"
-            call_each(self.pm.hook.popflow_transform, message=message)
+            self.pm.hook.popflow_transform(message=message)
             stage = "route"
-            sinks = call_first(self.pm.hook.popflow_route, message=message)
+            sinks = self.pm.hook.popflow_route(message=message)
             routed = list(dict.fromkeys(sinks or []))
             unknown = [name for name in routed if name not in self.known_sinks]
             if unknown:
@@ -74,7 +74,7 @@ class Pipeline:
             return Outcome("dead_letter", f"{stage}: {describe_error(exc)}", message)
 
     def _parse(self, raw: RawMessage, source: str, uidl: str) -> Message:
-        message = call_first(self.pm.hook.popflow_parse, raw=raw, source=source)
+        message = self.pm.hook.popflow_parse(raw=raw, source=source)
         if message is None:
             raise DeadLetterError("no parser returned a message")
         message.source = source
@@ -85,7 +85,7 @@ class Pipeline:
 
     def _scan(self, message: Message, raw: RawMessage) -> Outcome | None:
         try:
-            verdicts: list[ScanVerdict] = call_each(self.pm.hook.popflow_scan, message=message)
+            verdicts: list[ScanVerdict] = self.pm.hook.popflow_scan(message=message)
         except PluginHookError as exc:
             log.error("scan failed for %s/%s: %s", message.source, message.uidl, exc)
             verdicts = [ScanVerdict("error", exc.plugin, reason=str(exc.error), on_error="defer")]
@@ -146,7 +146,7 @@ def describe_error(error: BaseException) -> str:
 def notify_failed(pm: PopflowPluginManager, message: Message | None, stage: str, error: BaseException) -> None:
     """Fire ``popflow_failed``; an observer that raises is logged, never allowed to stop the run."""
     try:
-        call_each(pm.hook.popflow_failed, message=message, stage=stage, error=error)
+        pm.hook.popflow_failed(message=message, stage=stage, error=error)
     except Exception as exc:
         log.error("popflow_failed observer raised: %s", exc)
 
@@ -154,6 +154,6 @@ def notify_failed(pm: PopflowPluginManager, message: Message | None, stage: str,
 def notify_delivered(pm: PopflowPluginManager, message: Message, sink: str) -> None:
     """Fire ``popflow_delivered``; an observer that raises is logged and ignored."""
     try:
-        call_each(pm.hook.popflow_delivered, message=message, sink=sink)
+        pm.hook.popflow_delivered(message=message, sink=sink)
     except Exception as exc:
         log.error("popflow_delivered observer raised: %s", exc)
