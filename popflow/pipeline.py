@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from popflow.errors import DeadLetterError, DeferMessage, PopflowError, RetryableError
+from popflow.errors import DeadLetterError, DeferMessage, PopflowError, RetryableError, describe_error
 from popflow.hookcall import PluginHookError
 from popflow.message import Message
 from popflow.outcome import Outcome, Routed
@@ -22,6 +22,8 @@ from popflow.store import MessageStore
 from popflow.verdicts import FilterDecision, ScanVerdict
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "describe_error", "notify_delivered", "notify_failed"]  # describe_error: moved to errors
 
 
 class Pipeline:
@@ -133,14 +135,6 @@ class Pipeline:
         log.warning("%s failed for uidl %s%s: %s", stage, uidl, f" (plugin {plugin})" if plugin else "",
                     describe_error(error))
         notify_failed(self.pm, message, stage, error)
-
-
-def describe_error(error: BaseException) -> str:
-    """One line: the error class and message (never a traceback)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, PopflowError):
-        return text or type(error).__name__
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def notify_failed(pm: PopflowPluginManager, message: Message | None, stage: str, error: BaseException) -> None:
