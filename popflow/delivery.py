@@ -17,10 +17,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from popflow.config import SinkSettings
-from popflow.errors import DeadLetterError, RetryableError
+from popflow.errors import DeadLetterError, RetryableError, describe_error
 from popflow.message import Message
 from popflow.outcome import Outcome
-from popflow.pipeline import Pipeline, describe_error, notify_delivered, notify_failed
+from popflow.pipeline import Pipeline, notify_delivered, notify_failed
 from popflow.plugins import PopflowPluginManager
 from popflow.raw import RawMessage
 from popflow.sinks.base import Sink

@@ -92,3 +92,11 @@ class ServerMisbehaved(SourceConnectionError):
 
 class AuthenticationError(SourceFatalError):
     """The server refused the credentials or the authentication mechanism."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: the error class and message (never a traceback)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, PopflowError):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,17 +1,26 @@
-"""Call a hook one implementation at a time, so an exception names the plugin that raised it.
+"""Name the plugin that raised: each stage-hook implementation is wrapped once, at registration.
 
-pluggy stops at the first exception and does not say which plugin raised; the pipeline needs the
-name for its logs and error classes, so it calls the implementations itself in pluggy's order
-(last registered first, ``tryfirst``/``trylast`` honoured).
+The stage hooks are called through pluggy (``pm.hook.popflow_*``), so wrappers, ``tryfirst``/
+``trylast``, ``firstresult`` from the spec and ``POPFLOW_TRACE_PLUGINS`` tracing all apply. pluggy
+stops at the first exception and does not say which plugin raised; the pipeline needs the name for
+its logs and error classes, so :func:`name_failures` wraps each plain implementation's function.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from popflow.errors import PopflowError
+
+STAGE_HOOKS: frozenset[str] = frozenset({
+    "popflow_parse", "popflow_scan", "popflow_filter", "popflow_transform", "popflow_route",
+    "popflow_delivered", "popflow_failed",
+})
+"""Hooks whose implementations' exceptions are raised as :class:`PluginHookError`."""
 
 
 class PluginHookError(PopflowError):
@@ -24,36 +33,33 @@ class PluginHookError(PopflowError):
         super().__init__(f"plugin {plugin!r} raised in {hook}: {type(error).__name__}: {error}")
 
 
-def _implementations(caller: pluggy.HookCaller) -> list[Any]:
-    # get_hookimpls() is in ascending call priority; pluggy calls them last-first.
-    return [impl for impl in reversed(caller.get_hookimpls())
-            if not (getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False))]
-
-
-def call_each(caller: pluggy.HookCaller, *, firstresult: bool = False, **kwargs: Any) -> list[Any]:
-    """Call every implementation; return the non-None results (only the first with ``firstresult``).
-
-    An exception from an implementation is raised as :class:`PluginHookError` naming the plugin,
-    unless it is already a :class:`~popflow.errors.PopflowError` subclass (a deliberate signal such
-    as :class:`~popflow.errors.DeferMessage`), which is re-raised with the plugin name attached.
-    """
-    results = []
-    for impl in _implementations(caller):
+def _naming(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
         try:
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
-        except PopflowError as exc:
-            exc.plugin = impl.plugin_name  # type: ignore[attr-defined]
+            return function(*args)
+        except PopflowError as exc:  # a deliberate signal (DeferMessage, ...): keep it, add the name
+            exc.plugin = plugin  # type: ignore[attr-defined]
             raise
         except Exception as exc:
-            raise PluginHookError(impl.plugin_name, caller.name, exc) from exc
-        if result is not None:
-            results.append(result)
-            if firstresult:
-                break
-    return results
+            raise PluginHookError(plugin, hook, exc) from exc
+
+    call.__popflow_naming__ = True  # type: ignore[attr-defined]
+    return call
 
 
-def call_first(caller: pluggy.HookCaller, **kwargs: Any) -> Any:
-    """The first non-None result of a ``firstresult`` hook, or None."""
-    results = call_each(caller, firstresult=True, **kwargs)
-    return results[0] if results else None
+def name_failures(pm: pluggy.PluginManager, plugin: object) -> None:
+    """Wrap ``plugin``'s stage-hook implementations so an exception names the plugin.
+
+    Wrappers (``wrapper=True``/``hookwrapper=True``) are generators and left as they are: they see
+    the implementations' :class:`PluginHookError` and may handle it.
+    """
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.name not in STAGE_HOOKS:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin or impl.hookwrapper or impl.wrapper:
+                continue
+            if not getattr(impl.function, "__popflow_naming__", False):
+                # pluggy calls impl.function; its argnames were read from the original, so they still hold.
+                impl.function = _naming(impl.function, impl.plugin_name, caller.name)  # type: ignore[misc]

@@ -106,8 +106,11 @@ def popflow_delivered(message: Message, sink: str) -> None:
 def popflow_failed(message: Message | None, stage: str, error: BaseException) -> None:
     """Event: a stage (``parse``, ``scan``, ``filter``, ``transform``, ``route``, ``deliver:<sink>``) failed.
 
-    Called after the error is classified; the message has been deferred, dead-lettered or
-    retried already. Must not raise.
+    Fires once per failure that decides the message's fate, after the error is classified and
+    just before that fate is recorded: a stage that defers the message (left on the server) or
+    dead-letters it, and a sink whose retries have run out (``deliver:<sink>``, then its dead
+    letter). A sink attempt that is retried does not fire it. An observer that raises is logged
+    and ignored.
     """
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from popflow.errors import DeadLetterError, DeferMessage, PopflowError, RetryableError
-from popflow.hookcall import PluginHookError, call_each, call_first
+from popflow.errors import DeadLetterError, DeferMessage, PopflowError, RetryableError, describe_error
+from popflow.hookcall import PluginHookError
 from popflow.message import Message
 from popflow.outcome import Outcome, Routed
 from popflow.plugins import PopflowPluginManager
@@ -22,6 +22,8 @@ from popflow.store import MessageStore
 from popflow.verdicts import FilterDecision, ScanVerdict
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "describe_error", "notify_delivered", "notify_failed"]  # describe_error: moved to errors
 
 
 class Pipeline:
@@ -51,13 +53,13 @@ class Pipeline:
                 if scanned is not None:
                     return scanned
             stage = "filter"
-            decision: FilterDecision | None = call_first(self.pm.hook.popflow_filter, message=message)
+            decision: FilterDecision | None = self.pm.hook.popflow_filter(message=message)
             if decision is not None and not decision.keep:
                 return Outcome("dropped", decision.reason or "dropped by a filter", message)
             stage = "transform"
-            call_each(self.pm.hook.popflow_transform, message=message)
+            self.pm.hook.popflow_transform(message=message)
             stage = "route"
-            sinks = call_first(self.pm.hook.popflow_route, message=message)
+            sinks = self.pm.hook.popflow_route(message=message)
             routed = list(dict.fromkeys(sinks or []))
             unknown = [name for name in routed if name not in self.known_sinks]
             if unknown:
@@ -74,7 +76,7 @@ class Pipeline:
             return Outcome("dead_letter", f"{stage}: {describe_error(exc)}", message)
 
     def _parse(self, raw: RawMessage, source: str, uidl: str) -> Message:
-        message = call_first(self.pm.hook.popflow_parse, raw=raw, source=source)
+        message = self.pm.hook.popflow_parse(raw=raw, source=source)
         if message is None:
             raise DeadLetterError("no parser returned a message")
         message.source = source
@@ -85,7 +87,7 @@ class Pipeline:
 
     def _scan(self, message: Message, raw: RawMessage) -> Outcome | None:
         try:
-            verdicts: list[ScanVerdict] = call_each(self.pm.hook.popflow_scan, message=message)
+            verdicts: list[ScanVerdict] = self.pm.hook.popflow_scan(message=message)
         except PluginHookError as exc:
             log.error("scan failed for %s/%s: %s", message.source, message.uidl, exc)
             verdicts = [ScanVerdict("error", exc.plugin, reason=str(exc.error), on_error="defer")]
@@ -135,18 +137,10 @@ class Pipeline:
         notify_failed(self.pm, message, stage, error)
 
 
-def describe_error(error: BaseException) -> str:
-    """One line: the error class and message (never a traceback)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, PopflowError):
-        return text or type(error).__name__
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def notify_failed(pm: PopflowPluginManager, message: Message | None, stage: str, error: BaseException) -> None:
     """Fire ``popflow_failed``; an observer that raises is logged, never allowed to stop the run."""
     try:
-        call_each(pm.hook.popflow_failed, message=message, stage=stage, error=error)
+        pm.hook.popflow_failed(message=message, stage=stage, error=error)
     except Exception as exc:
         log.error("popflow_failed observer raised: %s", exc)
 
@@ -154,6 +148,6 @@ def notify_failed(pm: PopflowPluginManager, message: Message | None, stage: str,
 def notify_delivered(pm: PopflowPluginManager, message: Message, sink: str) -> None:
     """Fire ``popflow_delivered``; an observer that raises is logged and ignored."""
     try:
-        call_each(pm.hook.popflow_delivered, message=message, sink=sink)
+        pm.hook.popflow_delivered(message=message, sink=sink)
     except Exception as exc:
         log.error("popflow_delivered observer raised: %s", exc)

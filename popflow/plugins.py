@@ -23,6 +23,7 @@ import pluggy
 
 from popflow import hookspecs
 from popflow.errors import ConfigError, PluginLoadError
+from popflow.hookcall import name_failures
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,13 @@ class PopflowPluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
         self.registry = Registry()
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin``; its stage-hook implementations are wrapped to name it when they raise."""
+        registered = super().register(plugin, name)
+        if registered is not None:
+            name_failures(self, plugin)
+        return registered
 
     def collect_types(self) -> Registry:
         """(Re)build the source and sink registry from the register hooks."""

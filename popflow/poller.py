@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from popflow.delivery import Deliverer, Item, SinkRunner
-from popflow.errors import DeliveryError, PopflowError, ServerMisbehaved, SourceConnectionError
+from popflow.errors import DeliveryError, PopflowError, ServerMisbehaved, SourceConnectionError, describe_error
 from popflow.outcome import Outcome, PollCounts
-from popflow.pipeline import Pipeline, describe_error
+from popflow.pipeline import Pipeline
 from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
 from popflow.raw import RawMessage
 from popflow.sources.base import Listing, Source, SourceSession

@@ -6,7 +6,8 @@ database (one message gives the same row on SQLite, PostgreSQL and MariaDB):
 * NUL characters (PostgreSQL rejects them in text and JSON) become U+FFFD;
 * lone surrogates (left by lenient decoders; not valid UTF-8) become U+FFFD;
 * a ``date`` outside years 1000 to 9999 (MariaDB's DATETIME range) is stored as NULL;
-* ``meta`` values that JSON cannot hold (sets, datetimes, bytes, objects) become lists and strings.
+* ``meta`` becomes JSON by the one rule every sink follows (:mod:`popflow.record`: bytes base64,
+  datetimes ISO 8601, sets sorted lists; an unknown object makes the message a dead letter).
 
 Each such repair is noted in the row's ``defects`` column as ``database: ...``; the message itself
 is not changed. Nothing is lost: the raw bytes are the source of truth (kept in ``raw`` with
@@ -15,14 +16,11 @@ is not changed. Nothing is lost: the raw bytes are the source of truth (kept in 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
-
 from popflow.message import Address, Message
+from popflow.record import json_value
 
 NUL_NOTE = "database: NUL characters replaced with U+FFFD"
 SURROGATE_NOTE = "database: invalid Unicode (lone surrogates) replaced with U+FFFD"
@@ -55,26 +53,17 @@ class Cleaner:
         return value
 
     def json(self, value: Any) -> Any:
-        """A JSON-ready copy of ``value``: dicts, lists, strings, finite numbers, bools and None."""
-        if value is None or isinstance(value, bool | int):
-            return value
+        """``value`` as JSON (:func:`popflow.record.json_value`), with every string made storable."""
+        return self._storable(json_value(value))
+
+    def _storable(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
-        if isinstance(value, float):
-            return value if math.isfinite(value) else str(value)
-        if isinstance(value, Mapping):
-            return {self.text(str(key)): self.json(item) for key, item in value.items()}
-        if isinstance(value, set | frozenset):
-            return [self.json(item) for item in sorted(value, key=str)]
-        if isinstance(value, list | tuple):
-            return [self.json(item) for item in value]
-        if isinstance(value, datetime | date):
-            return value.isoformat()
-        if isinstance(value, bytes | bytearray):
-            return self.text(bytes(value).decode("utf-8", "replace"))
-        if isinstance(value, BaseModel):
-            return self.json(value.model_dump(mode="json"))
-        return self.text(str(value))
+        if isinstance(value, dict):
+            return {self.text(key): self._storable(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._storable(item) for item in value]
+        return value
 
     def date(self, value: datetime | None) -> datetime | None:
         """``value`` in UTC, or None when no database column can hold it."""

@@ -45,6 +45,7 @@ from popflow.errors import RetryableError
 from popflow.hookspecs import hookimpl
 from popflow.message import Message
 from popflow.private import DIR_MODE, TEMP_SUFFIX, open_new_private, temp_name, write_all
+from popflow.record import json_value
 from popflow.safenames import safe_filename, unique_name
 from popflow.sinks.base import Sink
 
@@ -292,8 +293,10 @@ class FolderSink(Sink):
         return saved
 
     def _json_record(self, message: Message, key: str, saved: dict[int, str]) -> bytes:
-        data: dict[str, Any] = message.model_dump(mode="json", fallback=repr)
+        meta = json_value(message.meta)  # the rule every sink follows (popflow.record)
+        data: dict[str, Any] = message.model_dump(mode="json", fallback=repr, exclude={"meta"})
         data["tags"] = sorted(message.tags)
+        data["meta"] = meta
         for index, path in saved.items():
             data["attachments"][index]["saved_as"] = path
         data["popflow"] = {"id": key, "eml": f"{key}.eml", "delivered_at": datetime.now(UTC).isoformat()}

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from popflow.message import Address, Attachment, Message
+from popflow.record import json_value
 
 EVENT = "message.received"
 VERSION = 1
@@ -127,7 +128,7 @@ def build_payload(
             "html": message.html,
             "attachments": attachment_items,
             "tags": sorted(message.tags),
-            "meta": message.meta,
+            "meta": json_value(message.meta),
             "defects": list(message.defects),
         },
     }
