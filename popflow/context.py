@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class LoginDelay:
+    """A server's minimum time between logins (RFC 2449 ``LOGIN-DELAY``), as its last session announced it."""
+
+    seconds: float
+    since: float
+    """``time.time()`` when that session connected: the next login should wait until ``since + seconds``."""
+
+
 @dataclass
 class RuntimeContext:
     """Paths and the stop signal shared by every source and sink of one popflow process."""
@@ -17,6 +26,8 @@ class RuntimeContext:
     """The config file's folder: relative paths in sink options are relative to it."""
     stop: threading.Event = field(default_factory=threading.Event)
     """Set on SIGINT/SIGTERM: finish the message in hand, then QUIT."""
+    login_delays: dict[str, LoginDelay] = field(default_factory=dict)
+    """Per source name: the LOGIN-DELAY its server announced; :mod:`popflow.scheduler` polls no sooner."""
 
     @property
     def spool_root(self) -> Path:

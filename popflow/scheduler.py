@@ -28,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from popflow.app import App
 from popflow.config import SourceSettings
+from popflow.login_delays import LoginDelays
 from popflow.poller import PollReport
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class PollScheduler:
         self.reports: dict[str, PollReport] = {}
         """The latest report of each source (tests and status displays read it)."""
         self._lock = threading.Lock()
+        self.login_delays = LoginDelays(self.scheduler, app.context, trigger_for)
+        """Keeps each job no more frequent than its server's LOGIN-DELAY (:mod:`popflow.login_delays`)."""
 
     def settings(self, name: str) -> SourceSettings:
         """The validated settings of one source."""
@@ -99,6 +102,7 @@ class PollScheduler:
             return None
         with self._lock:
             self.reports[name] = report
+        self.login_delays.after_poll(name, self.settings(name))
         if report.error:
             log.warning("source %s failed: %s; retrying %s", name, report.error, self._next_run_text(name))
         return report

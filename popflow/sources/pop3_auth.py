@@ -86,7 +86,10 @@ def refusal(request: AuthRequest, response: Response, what: str) -> Exception:
     if code == "IN-USE":
         return SourceFatalError(f"{request.label}: maildrop locked by another session ({text})")
     if code == "LOGIN-DELAY":
-        return SourceFatalError(f"{request.label}: the server asks to wait before logging in again ({text})")
+        announced = request.capabilities.get("LOGIN-DELAY", [])
+        delay = f" at least {announced[0]}s after the last login" if announced[:1] and announced[0].isdigit() else ""
+        return SourceFatalError(f"{request.label}: the server asks to wait{delay} before logging in again ({text}); "
+                                "popflow run polls no more often than the server's LOGIN-DELAY")
     if code in ("SYS/TEMP", "SYS/PERM"):
         return SourceFatalError(f"{request.label}: the server failed during login ({text})")
     return AuthenticationError(f"{request.label}: {what} refused: {text or 'no reason given'}")

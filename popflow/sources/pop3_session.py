@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from popflow.raw import RawMessage
 from popflow.sources.base import Listing, SessionInfo, SourceSession
 from popflow.sources.keys import header_digest, uidl_text
 from popflow.sources.pop3_auth import AuthRequest, authenticate
+from popflow.sources.pop3_caps import ServerPolicy, ServerPolicyHandling, parse_capabilities
 from popflow.sources.pop3_wire import MAX_BODY, Pop3Wire, Response
 from popflow.sources.tls import make_ssl_context
 
@@ -32,16 +34,6 @@ HEADER_KEY_PREFIX = "hdr-sha256:"
 """Prefix of the message key used when the server has no UIDL: SHA-256 of ``TOP n 0``."""
 
 _APOP_TIMESTAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
-
-
-def parse_capabilities(body: bytes) -> dict[str, list[str]]:
-    """CAPA lines → ``{"SASL": ["PLAIN", "XOAUTH2"], "PIPELINING": [], ...}`` (names upper-cased)."""
-    capabilities: dict[str, list[str]] = {}
-    for line in body.decode("utf-8", "replace").splitlines():
-        words = line.split()
-        if words:
-            capabilities[words[0].upper()] = words[1:]
-    return capabilities
 
 
 DRAIN_LIMIT = 2**40
@@ -80,7 +72,7 @@ def _numbered(body: bytes, what: str, label: str) -> dict[int, bytes]:
     return result
 
 
-class Pop3Session(SourceSession):
+class Pop3Session(ServerPolicyHandling, SourceSession):
     """A connected, authenticated POP3 session (see :class:`~popflow.sources.base.SourceSession`)."""
 
     def __init__(self, config: Pop3Config, context: RuntimeContext, name: str = "pop3", *,
@@ -97,6 +89,12 @@ class Pop3Session(SourceSession):
         self._broken = False
         self._closed = False
         self._pipelining = False
+        self.policy = ServerPolicy()
+        """What the server's CAPA announced: LOGIN-DELAY, EXPIRE, UTF8 (:mod:`popflow.sources.pop3_caps`)."""
+        self.utf8 = False
+        """True once the server accepted RFC 6856 ``UTF8``: messages are served as stored, UTF-8 headers too."""
+        self._retrieved: set[int] = set()
+        self._deleted: set[int] = set()
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -152,6 +150,7 @@ class Pop3Session(SourceSession):
             raise SourceConnectionError(f"{self.label}: the server refused the connection: {greeting.text}")
         found = _APOP_TIMESTAMP.findall(greeting.line)
         apop_timestamp = found[-1] if found else None
+        connected_at = time.time()
         self.info.capabilities = self._capa()
         if cfg.tls == "starttls":
             assert context is not None
@@ -164,17 +163,24 @@ class Pop3Session(SourceSession):
                 raise SourceFatalError(f"{self.label}: STLS refused: {reply.text}")
             wire.start_tls(context)
             self.info.capabilities = self._capa()  # RFC 2595: capabilities may change after STLS
+        self._note_policy(connected_at)  # before login: a refused login still teaches the delay
         request = AuthRequest(
             username=cfg.username, host=host, capabilities=self.info.capabilities,
             encrypted=wire.encrypted, allow_insecure=cfg.allow_insecure,
             password=self._password, token=self._token, apop_timestamp=apop_timestamp,
         )
         self.auth_method = authenticate(wire, request, cfg.auth)
+        if self.policy.per_user:  # RFC 2449: "USER" before login; the user's own values come now
+            self.info.capabilities = self._capa()
+            self._note_policy(connected_at)
+        if self.policy.utf8:
+            self._enable_utf8()
         self._pipelining = cfg.pipelining and "PIPELINING" in self.info.capabilities
         if not wire.encrypted:
             self.info.notes.append("connection is NOT encrypted")
         self.info.notes.append(f"auth {self.auth_method}")
         self.info.notes.append("pipelining" if self._pipelining else "lock-step")
+        self._check_policy()
         self.info.message_count, self.info.total_size = self.stat()
         log.debug("%s: logged in (auth %s, %s), %d messages", self.label, self.auth_method,
                   "TLS" if wire.encrypted else "plain", self.info.message_count)
@@ -327,6 +333,7 @@ class Pop3Session(SourceSession):
         reply = self._command(b"RETR %d" % listing.number)
         if not reply.ok:
             raise self._refused(listing, reply)
+        self._retrieved.add(listing.number)
         return self._collect(listing)
 
     def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage | DeliveryError]]:
@@ -339,6 +346,7 @@ class Pop3Session(SourceSession):
                 if not reply.ok:
                     yield listing, self._refused(listing, reply)
                     continue
+                self._retrieved.add(listing.number)
                 yield listing, self._collect(listing)
         finally:
             exchange.close()
@@ -358,10 +366,12 @@ class Pop3Session(SourceSession):
         wanted = list(listings)
         failed = []
         for index, reply in self._exchange([b"DELE %d\r\n" % item.number for item in wanted], multiline=False):
-            if not reply.ok:
-                listing = wanted[index]
-                log.warning("%s: DELE %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
-                failed.append(listing)
+            listing = wanted[index]
+            if reply.ok:
+                self._deleted.add(listing.number)
+                continue
+            log.warning("%s: DELE %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
+            failed.append(listing)
         return failed
 
     def close(self, commit: bool = True) -> None:
@@ -377,6 +387,9 @@ class Pop3Session(SourceSession):
         if self._broken:
             wire.close()
             raise SourceConnectionError(f"{self.label}: the connection was lost; deletions were not applied")
+        if self._quit_would_expunge(self._retrieved - self._deleted, len(self._deleted)):
+            wire.close()
+            return
         try:
             wire.send_line(b"QUIT")
             reply = wire.read_response()

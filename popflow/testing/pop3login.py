@@ -164,6 +164,11 @@ class LoginCommands:
                 raise DropConnection()
             self._err("[AUTH] Authentication failed.")
             return
+        too_soon = self.server.policies.login_refusal(user)
+        if too_soon is not None:
+            self.server.stats.bump("delayed_logins")
+            self._err(too_soon)
+            return
         if not self.server.mailbox.acquire(self):
             self._err("[IN-USE] Mailbox is locked by another POP3 session.")
             return

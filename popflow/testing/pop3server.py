@@ -30,6 +30,7 @@ from typing import Literal
 
 from popflow.testing.faults import FaultScript
 from popflow.testing.mailbox import Mailbox, load_folder
+from popflow.testing.pop3policy import ServerPolicies
 from popflow.testing.pop3session import Pop3Session
 
 log = logging.getLogger("popflow.testing")
@@ -48,6 +49,8 @@ class ServerStats:
     connections: int = 0
     logins: int = 0
     failed_logins: int = 0
+    delayed_logins: int = 0
+    """Logins refused with ``[LOGIN-DELAY]`` (too soon after the previous one)."""
     retr: int = 0
     top: int = 0
     dele: int = 0
@@ -86,6 +89,9 @@ class POP3TestServer:
     with ``-ERR`` is sent as it is and the connection closed, as a server refusing service does.
     ``maildrop_lock=False`` lets several sessions open the maildrop at once (no ``[IN-USE]``), as
     some real servers do; each session still sees the messages present at its login.
+    ``utf8``, ``login_delay``, ``expire`` and ``capabilities`` script the policies of Courier (RFC 6856
+    UTF8 and its substitutes for 8-bit headers), Cyrus (LOGIN-DELAY) and others: see
+    :mod:`popflow.testing.pop3policy`.
     """
 
     def __init__(self, messages: Iterable[bytes] | Path | str | None = None, *, username: str = "user",
@@ -96,7 +102,9 @@ class POP3TestServer:
                  xoauth2_tokens: set[str] | TokenCheck | None = None, faults: FaultScript | None = None,
                  style: Literal["gmail", "microsoft", "dovecot"] = "gmail",
                  auth_failure_delay: float = 0.0, greeting: str | None = None,
-                 maildrop_lock: bool = True) -> None:
+                 maildrop_lock: bool = True, utf8: bool = False, login_delay: float = 0.0,
+                 expire: str | None = None, capabilities: Iterable[str] = (),
+                 capabilities_after_login: Iterable[str] | None = None) -> None:
         if isinstance(messages, (str, Path)):
             messages = load_folder(Path(messages))
         if implicit_tls and tls is None:
@@ -120,6 +128,8 @@ class POP3TestServer:
         self.style = style
         self.auth_failure_delay = auth_failure_delay
         self.greeting = greeting
+        self.policies = ServerPolicies(utf8=utf8, login_delay=login_delay, expire=expire, capabilities=capabilities,
+                                       capabilities_after_login=capabilities_after_login)
         self.stats = ServerStats()
         self.stopping = threading.Event()
         """Set by :meth:`stop`; stalled sessions wake up on it."""

@@ -78,6 +78,10 @@ class Pop3Session(LoginCommands):
         self.messages: list[StoredMessage] = []
         self.timestamp = _timestamp() if server.apop else ""
         self._pending_user: str | None = None
+        self.utf8 = False
+        """True once the client sent ``UTF8`` (RFC 6856) and the server has it."""
+        self.retrieved: set[int] = set()
+        """Message numbers sent by RETR in this session (``expire="0"`` deletes them at QUIT)."""
         self._budget: int | None = None
         self._reader: BinaryIO | None = None
 
@@ -206,7 +210,7 @@ class Pop3Session(LoginCommands):
         return command != "QUIT"
 
     def _handlers(self) -> dict[str, Callable[[list[str]], bool]]:
-        common = {"CAPA": self.cmd_capa, "QUIT": self.cmd_quit}
+        common = {"CAPA": self.cmd_capa, "QUIT": self.cmd_quit, "UTF8": self.cmd_utf8}
         if self.state == AUTHORIZATION:
             return {**common, "USER": self.cmd_user, "PASS": self.cmd_pass, "APOP": self.cmd_apop,
                     "AUTH": self.cmd_auth, "STLS": self.cmd_stls}
@@ -229,6 +233,7 @@ class Pop3Session(LoginCommands):
             caps.append("SASL " + " ".join(server.sasl))
         if server.starttls and self.state == AUTHORIZATION and not self.tls_active:
             caps.append("STLS")
+        caps += server.policies.capa_lines(logged_in=self.state != AUTHORIZATION)
         caps.append("IMPLEMENTATION popflow-testing")
         self._send(b"+OK Capability list follows\r\n" + "".join(f"{c}\r\n" for c in caps).encode() + b".\r\n")
         return True
@@ -248,6 +253,18 @@ class Pop3Session(LoginCommands):
         self._wrap_tls()
         self._reader = self.sock.makefile("rb")
         return True
+
+    def cmd_utf8(self, args: list[str]) -> bool:
+        """UTF8 (RFC 6856): serve messages with 8-bit headers as they are stored."""
+        if not self.server.policies.utf8:
+            self._err("Unknown command")
+            return True
+        self.utf8 = True
+        self._ok("UTF8 enabled")
+        return True
+
+    def _served(self, message: StoredMessage) -> bytes:
+        return self.server.policies.served(message, self.number, self.utf8)
 
     # -- TRANSACTION -----------------------------------------------------
 
@@ -305,7 +322,9 @@ class Pop3Session(LoginCommands):
         found = self._message(args)
         if found is not None:
             self.server.stats.bump("retr", found[1].uidl)
-            self._send(f"+OK {found[1].size} octets\r\n".encode() + stuff(found[1].wire))
+            self.retrieved.add(found[0])
+            served = self._served(found[1])
+            self._send(f"+OK {len(served)} octets\r\n".encode() + stuff(served))
         return True
 
     def cmd_top(self, args: list[str]) -> bool:
@@ -321,7 +340,7 @@ class Pop3Session(LoginCommands):
             self._err("Invalid number of lines")
             return True
         self.server.stats.bump("top")
-        self._send(b"+OK\r\n" + stuff(top_of(found[1].wire, lines)))
+        self._send(b"+OK\r\n" + stuff(top_of(self._served(found[1]), lines)))
         return True
 
     def cmd_dele(self, args: list[str]) -> bool:
@@ -348,7 +367,8 @@ class Pop3Session(LoginCommands):
         """QUIT: in TRANSACTION, enter UPDATE and expunge the marked messages before answering."""
         if self.state == TRANSACTION:
             self.state = UPDATE
-            removed = self.server.mailbox.expunge(self, [self.messages[n - 1].uidl for n in self.deleted])
+            gone = self.deleted | (self.retrieved if self.server.policies.expunges_retrieved else set())
+            removed = self.server.mailbox.expunge(self, [self.messages[n - 1].uidl for n in gone])
             self.server.stats.bump("expunged", count=removed)
             self.server.mailbox.release(self)
             self._ok(f"Logging out, {removed} messages deleted.")
