@@ -42,6 +42,11 @@ class PollReport:
         """True when the poll succeeded and no delivery was deferred, failed or dead-lettered."""
         return self.error is None and self.counts.clean
 
+    @property
+    def status(self) -> str:
+        """``ok`` (clean), ``partial`` (the source answered; a delivery did not go through) or ``failed``."""
+        return "ok" if self.clean else ("failed" if self.error else "partial")
+
     def line(self) -> str:
         """One log line summarising the poll."""
         c = self.counts
@@ -136,6 +141,7 @@ class Poller:
             if plan.gone:
                 self.state.record_gone(self.source.name, plan.gone)
             counts.skipped = len(plan.skipped)
+            counts.newly_skipped = len(plan.newly_skipped)
             if confirmed:
                 failed = session.delete(confirmed) or []
                 to_quit += [item.uidl for item in confirmed if item not in failed]
@@ -172,8 +178,7 @@ class Poller:
             for runner in self.runners.values():
                 runner.close()
             counts.seconds = time.monotonic() - started
-            status = "ok" if report.clean else ("failed" if report.error else "partial")
-            self.state.finish_run(run_id, status, counts.as_dict(), report.error)
+            self.state.finish_run(run_id, report.status, counts.as_dict(), report.error)
         return report
 
     def _record_skipped(self, skipped: list[tuple[Listing, str]], outcome: str | None = None) -> None:
