@@ -2,12 +2,13 @@
 
 One healthy and one broken source (wrong password); the state database reached through a TCP
 proxy the test stops. Checked: the Prometheus metrics, ``/healthz`` and ``/readyz``, the status
-page rendered by headless Chromium (screenshot kept in ``tmp_path``), ``popflow status --json``.
+page rendered by headless Chromium (its screenshot goes to ``$POPFLOW_SCREENSHOT_DIR`` when set), ``popflow status --json``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def test_run_http_metrics_status_page_and_readiness(dovecot: DovecotServer, tmp_
         assert WRONG_PASSWORD not in status.stdout + status.stderr
 
         # The status page, in a real browser: both sources, values matching the metrics.
-        shot = screenshot(base, tmp_path / "status-page.png")
+        shot = screenshot(base, Path(os.environ.get("POPFLOW_SCREENSHOT_DIR") or tmp_path) / "status-page.png")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
         dom = rendered_dom(base)
         page = page_fields(dom)

@@ -42,6 +42,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if self._stopped.is_set():  # accepted just before stop(): cut it like the others
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -56,7 +60,8 @@ class TcpProxy:
 
     def stop(self) -> None:
         """Refuse new connections and cut the open ones."""
-        self._stopped.set()
+        with self._lock:
+            self._stopped.set()
         self._listener.close()
         with self._lock:
             for sock in self._sockets:
