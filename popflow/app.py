@@ -147,7 +147,12 @@ class App:
         """Poll one source once, holding its lease (:mod:`popflow.locks`) for the whole poll.
 
         When another popflow process is polling the source, nothing is polled: the report says who.
+        Every line logged meanwhile carries ``source`` (JSON logs, :func:`popflow.logs.log_fields`).
         """
+        with log_fields(source=name):
+            return self._poll(name, progress)
+
+    def _poll(self, name: str, progress: ProgressCallback | None) -> PollReport:
         poller = self.poller(name)  # a config error for an unknown name before any lease is taken
         lease = Lease(self.state, name)
         try:
@@ -160,8 +165,7 @@ class App:
             log.info(report.line())
             return report
         try:
-            with log_fields(source=name):  # JSON logs name the source of every line the poll logs
-                report = poller.poll(progress)
+            report = poller.poll(progress)
         finally:
             lease.release()
         if lease.lost.is_set() and report.error is None:

@@ -2,7 +2,8 @@
 
 One healthy and one broken source (wrong password); the state database reached through a TCP
 proxy the test stops. Checked: the Prometheus metrics, ``/healthz`` and ``/readyz``, the status
-page rendered by headless Chromium (its screenshot goes to ``$POPFLOW_SCREENSHOT_DIR`` when set), ``popflow status --json``.
+page rendered by headless Chromium (its screenshot goes to ``$POPFLOW_SCREENSHOT_DIR`` when set),
+``popflow status --json``.
 """
 
 from __future__ import annotations
