@@ -55,3 +55,21 @@ def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     console.print(table)
     console.print(f"dead letters pending: {pending}; held in quarantine: {held}", highlight=False)
     sys.exit(1 if failed else 0)
+
+
+# -- schema --------------------------------------------------------------------------------------
+@main.command()
+@click.pass_context
+def schema(ctx: click.Context) -> None:
+    """Print the JSON Schema of the config file (for editors: see docs/configuration.md).
+
+    It covers the source and sink types and plugin options of every plugin installed (and of
+    --plugins-dir folders).
+    """
+    from popflow.cli import user_errors
+    from popflow.ops.schema import config_schema
+    from popflow.plugins import make_plugin_manager
+
+    with user_errors():
+        pm = make_plugin_manager(plugins_dirs=ctx.obj.get("plugins_dirs", ()))
+    click.echo(json.dumps(config_schema(pm), indent=2))
