@@ -32,6 +32,11 @@ def plugin_option_models(pm: PopflowPluginManager) -> dict[str, type[BaseModel]]
     return found
 
 
+def _config_models(types: dict[str, type]) -> dict[str, type[BaseModel]]:
+    """``{type name: its config model}`` (every Source and Sink class has ``config_model``)."""
+    return {name: cls.config_model for name, cls in types.items()}  # type: ignore[attr-defined]
+
+
 def _typed_entries(refs: dict[str, dict[str, Any]], default: str | None) -> dict[str, Any]:
     """A schema for one ``sources``/``sinks`` entry: its ``type`` picks the model it must match."""
     branches = []
@@ -49,8 +54,8 @@ def _typed_entries(refs: dict[str, dict[str, Any]], default: str | None) -> dict
 def config_schema(pm: PopflowPluginManager) -> dict[str, Any]:
     """The whole schema, for the source and sink types and plugins ``pm`` knows."""
     registry = pm.registry
-    sources = {name: cls.config_model for name, cls in registry.sources.items()}
-    sinks = {name: cls.config_model for name, cls in registry.sinks.items()}
+    sources = _config_models(registry.sources)
+    sinks = _config_models(registry.sinks)
     options = plugin_option_models(pm)
     mode: JsonSchemaMode = "validation"
     models = [Config, *sources.values(), *sinks.values(), *options.values()]
