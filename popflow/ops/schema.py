@@ -58,7 +58,7 @@ def config_schema(pm: PopflowPluginManager) -> dict[str, Any]:
     sinks = _config_models(registry.sinks)
     options = plugin_option_models(pm)
     mode: JsonSchemaMode = "validation"
-    models = [Config, *sources.values(), *sinks.values(), *options.values()]
+    models: list[type[BaseModel]] = [Config, *sources.values(), *sinks.values(), *options.values()]
     refs, top = models_json_schema([(model, mode) for model in dict.fromkeys(models)],
                                    ref_template="#/$defs/{model}")
     definitions = top.get("$defs", {})
