@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -221,3 +222,14 @@ def test_poll_with_log_format_json_from_the_config(tmp_path: Path) -> None:
     assert poll_lines and all(entry["level"] in {"DEBUG", "INFO", "WARNING", "ERROR"} for entry in entries)
     assert any(entry.get("source") == "inbox" for entry in entries), entries
     assert server.password not in result.stderr
+
+
+def test_prometheus_examples_use_metrics_popflow_exports(ops: OpsServer) -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples" / "prometheus"
+    rules = yaml.safe_load((examples / "popflow-alerts.yml").read_text())["groups"][0]["rules"]
+    scrape = yaml.safe_load((examples / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
+    exported = {line.split()[2] for line in request(ops, "/metrics")[2].splitlines() if line.startswith("# TYPE")}
+    used = {name for rule in rules for name in re.findall(r"popflow_[a-z_]+", rule["expr"])}
+    assert used and used <= exported, used - exported
+    assert {rule["alert"]: rule["for"] for rule in rules}["PopflowSourceFailing"] == "15m"
