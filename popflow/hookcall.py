@@ -12,6 +12,7 @@ from typing import Any
 import pluggy
 
 from popflow.errors import PopflowError
+from popflow.logs import log_fields
 
 
 class PluginHookError(PopflowError):
@@ -40,7 +41,8 @@ def call_each(caller: pluggy.HookCaller, *, firstresult: bool = False, **kwargs:
     results = []
     for impl in _implementations(caller):
         try:
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            with log_fields(plugin=impl.plugin_name):  # JSON logs name the plugin of what it logs
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
         except PopflowError as exc:
             exc.plugin = impl.plugin_name  # type: ignore[attr-defined]
             raise

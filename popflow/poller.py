@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from popflow.delivery import Deliverer, Item, SinkRunner
 from popflow.errors import DeliveryError, PopflowError, ServerMisbehaved, SourceConnectionError
+from popflow.logs import log_fields
 from popflow.outcome import Outcome, PollCounts
 from popflow.pipeline import Pipeline, describe_error
 from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
@@ -239,7 +240,8 @@ class Poller:
                     work.recognised.append((listing, same))  # a message already handled: no delivery
                     continue
                 self._gone.append(earlier[0].key)  # a new message behind a remembered UIDL
-            prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
+            with log_fields(uidl=listing.uidl):
+                prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
             if isinstance(prepared, Outcome):
                 work.outcomes.append((listing, prepared))
             else:

@@ -214,13 +214,21 @@ def test_poll_with_log_format_json_from_the_config(tmp_path: Path) -> None:
             "sources": {"inbox": {"host": server.host, "port": server.port, "tls": "none", "allow_insecure": True,
                                   "username": server.username, "password": server.password}},
             "routes": [{"sinks": ["mail"]}], "sinks": {"mail": {"type": "folder", "path": "./mail"}}}))
-        result = subprocess.run([sys.executable, "-m", "popflow", "-v", "poll", "-c", str(config)], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60)
+        plugins = tmp_path / "plugins"
+        plugins.mkdir()
+        (plugins / "noisy.py").write_text(
+            "import logging\nfrom popflow import hookimpl\n\n@hookimpl\ndef popflow_transform(message):\n"
+            "    logging.getLogger('noisy').warning('looked at %s', message.subject)\n")
+        result = subprocess.run([sys.executable, "-m", "popflow", "-v", "--plugins-dir", str(plugins), "poll", "-c",
+                                 str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     poll_lines = [entry for entry in entries if entry["message"].startswith("poll inbox:")]
     assert poll_lines and all(entry["level"] in {"DEBUG", "INFO", "WARNING", "ERROR"} for entry in entries)
     assert any(entry.get("source") == "inbox" for entry in entries), entries
+    [noisy] = [entry for entry in entries if entry["logger"] == "noisy"]
+    assert (noisy["source"], noisy["plugin"], noisy["level"]) == ("inbox", "noisy", "WARNING")
+    assert noisy["uidl"] and noisy["message"].startswith("looked at ")
     assert server.password not in result.stderr
 
 
@@ -233,3 +241,10 @@ def test_prometheus_examples_use_metrics_popflow_exports(ops: OpsServer) -> None
     used = {name for rule in rules for name in re.findall(r"popflow_[a-z_]+", rule["expr"])}
     assert used and used <= exported, used - exported
     assert {rule["alert"]: rule["for"] for rule in rules}["PopflowSourceFailing"] == "15m"
+
+
+def test_without_a_scheduler_health_follows_the_stop_flag(ops: OpsServer) -> None:
+    worker = OpsServer(ops.app, None, ListenAddress("127.0.0.1", 0), sources=ops.sources)
+    assert worker.health() == (200, "ok\n") and worker.metrics.values()
+    ops.app.context.stop.set()
+    assert worker.health()[0] == 503

@@ -62,14 +62,15 @@ def _read_state(names: list[str]) -> Any:
 
 def status_page(ops: OpsServer) -> str:
     """The whole page, as of now."""
-    names = list(ops.scheduler.sources)
+    names = ops.sources
+    scheduler = ops.scheduler
     try:
         view: _StateView | None = ops.probe.ask(_read_state(names))
         problem = None
     except StateUnavailable as exc:
         view, problem = None, str(exc)
     values = ops.metrics.values()
-    next_runs = ops.scheduler.next_run_times()
+    next_runs = scheduler.next_run_times() if scheduler else {}
     rows = []
     for name in names:
         known = view.statuses.get(name) if view else None
@@ -80,12 +81,13 @@ def status_page(ops: OpsServer) -> str:
         counts = known.counts if known else {}
         last_counts = ", ".join(f"{key.replace('_', ' ')} {counts[key]}" for key in COUNT_KEYS if counts.get(key))
         status = known.status if known else "unknown"
+        schedule = describe_schedule(scheduler.settings(name)) if scheduler else "-"
         rows.append(
             f'<tr data-source="{esc(name)}" class="{esc(status)}">'
             f'<th scope="row">{esc(name)}</th>'
             f'<td data-field="status"><span class="badge {esc(status)}">{esc(status)}</span></td>'
             f'<td data-field="up">{"-" if up is None else ("up" if up else "down")}</td>'
-            f'<td data-field="schedule">{esc(describe_schedule(ops.scheduler.settings(name)))}</td>'
+            f'<td data-field="schedule">{esc(schedule)}</td>'
             f'<td data-field="last_poll">{when(known.last_poll) if known else "-"}</td>'
             f'<td data-field="last_success">{when(known.last_success) if known else "-"}</td>'
             f'<td data-field="consecutive_failures">{known.consecutive_failures if known else "-"}</td>'

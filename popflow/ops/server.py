@@ -39,22 +39,29 @@ PAGE_HEADERS = {
 
 
 class OpsServer:
-    """Metrics and health of one ``popflow run`` process, served over HTTP."""
+    """Metrics and health of one popflow process, served over HTTP.
 
-    def __init__(self, app: App, scheduler: PollScheduler, address: ListenAddress) -> None:
+    ``popflow run`` passes its scheduler (health follows it; the page shows schedules and next
+    polls). A process that polls without one (a Celery worker) passes ``scheduler=None`` and the
+    ``sources`` it may poll: it is healthy until it stops.
+    """
+
+    def __init__(self, app: App, scheduler: PollScheduler | None, address: ListenAddress,
+                 sources: list[str] | None = None) -> None:
         self.app = app
         self.scheduler = scheduler
+        self.sources = list(sources if sources is not None else scheduler.sources if scheduler else [])
         self.address = address
         self.started_at = time.time()
         self.probe = StateProbe(app.state)
-        self.metrics = PollMetrics(scheduler.sources, app.sink_configs)
+        self.metrics = PollMetrics(self.sources, app.sink_configs)
         self.metrics.registry.register(StateGauges(self.probe))
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def attach(self) -> None:
         """Start counting: seed from the state store, observe every poll and delivery. Call before polling."""
-        for name in self.scheduler.sources:
+        for name in self.sources:
             try:
                 known = source_status(self.app.state, name)
             except Exception as exc:  # metrics start empty; polling is what matters
@@ -97,10 +104,10 @@ class OpsServer:
 
     # -- answers ------------------------------------------------------------------------------
     def health(self) -> tuple[int, str]:
-        """``/healthz``: 200 while the scheduler runs."""
+        """``/healthz``: 200 while the scheduler (if any) runs and the process is not stopping."""
         if self.app.context.stop.is_set():
             return 503, "stopping\n"
-        if not self.scheduler.scheduler.running:
+        if self.scheduler is not None and not self.scheduler.scheduler.running:
             return 503, "the scheduler is not running\n"
         return 200, "ok\n"
 
