@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from popflow.context import RuntimeContext
 from popflow.delivery import Deliverer, SinkRunner
 from popflow.errors import ConfigError, StorageError
 from popflow.locks import Lease, LockBusy
+from popflow.logs import log_fields
 from popflow.pipeline import Pipeline
 from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
@@ -66,6 +67,8 @@ class App:
         self.source_configs = self._validate("sources", config.sources, self.pm.registry.source_type, "pop3")
         self.sink_configs = self._validate("sinks", config.sinks, self.pm.registry.sink_type, None)
         self._state: StateStore | None = None
+        self.poll_observers: list[Callable[[PollReport], None]] = []
+        """Called with the report of every poll that ran (metrics: :mod:`popflow.ops.metrics`)."""
         self.store = MessageStore(self.context.data_dir / "messages")
         # Validated models may hold secrets the raw tree did not name (a plugin type's SecretStr).
         register_secrets(secret for _, options in [*self.source_configs.values(), *self.sink_configs.values()]
@@ -144,7 +147,12 @@ class App:
         """Poll one source once, holding its lease (:mod:`popflow.locks`) for the whole poll.
 
         When another popflow process is polling the source, nothing is polled: the report says who.
+        Every line logged meanwhile carries ``source`` (JSON logs, :func:`popflow.logs.log_fields`).
         """
+        with log_fields(source=name):
+            return self._poll(name, progress)
+
+    def _poll(self, name: str, progress: ProgressCallback | None) -> PollReport:
         poller = self.poller(name)  # a config error for an unknown name before any lease is taken
         lease = Lease(self.state, name)
         try:
@@ -163,6 +171,11 @@ class App:
         if lease.lost.is_set() and report.error is None:
             report.error = f"the lease on source {name!r} was taken over by another process during the poll"
         log.info(report.line())
+        for observer in self.poll_observers:
+            try:
+                observer(report)
+            except Exception:  # an observer must never break polling
+                log.exception("poll observer %r failed", observer)
         return report
 
     def enabled_sources(self) -> list[str]:

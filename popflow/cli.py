@@ -70,7 +70,7 @@ def load_app(ctx: click.Context, config_path: Path | None) -> App:
     """Load the config and plugins; exit 2 with a readable message on any problem."""
     with user_errors():
         config = load_config(config_path)
-        setup_logging(ctx.obj.get("log_level") or config.log_level)
+        setup_logging(ctx.obj.get("log_level") or config.log_level, ctx.obj.get("log_format") or config.log_format)
         app = App(config, plugins_dirs=ctx.obj.get("plugins_dirs", ()))
     try:
         _ = app.state  # open (and migrate) the state store now: a clear error instead of a traceback later
@@ -93,14 +93,18 @@ def load_app(ctx: click.Context, config_path: Path | None) -> App:
               help="load every .py file in this folder as a plugin (repeatable)")
 @click.option("-v", "--verbose", count=True, help="more logging (-v info, -vv debug)")
 @click.option("-q", "--quiet", is_flag=True, help="only warnings and errors")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, envvar="POPFLOW_LOG_FORMAT",
+              help="log lines as text or one JSON object per line (default: the config's log_format, else text)")
 @click.pass_context
-def main(ctx: click.Context, plugins_dirs: tuple[Path, ...], verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, plugins_dirs: tuple[Path, ...], verbose: int, quiet: bool,
+         log_format: str | None) -> None:
     """popflow: turn POP3 mailboxes into data pipelines."""
     ctx.ensure_object(dict)
     ctx.obj["plugins_dirs"] = plugins_dirs
     level = "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING" if quiet else None
     ctx.obj["log_level"] = level
-    setup_logging(level or "INFO")
+    ctx.obj["log_format"] = log_format
+    setup_logging(level or "INFO", log_format or "text")
 
 
 # -- poll ----------------------------------------------------------------------------------------
@@ -231,4 +235,4 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 
 
 # The other commands live in their own modules and register themselves on ``main``.
-from popflow import cli_check, cli_run, cli_stored  # noqa: E402,F401
+from popflow import cli_check, cli_ops, cli_run, cli_stored  # noqa: E402,F401

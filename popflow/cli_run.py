@@ -21,7 +21,11 @@ from popflow.logs import setup_logging
 from popflow.terminal import printable
 
 if TYPE_CHECKING:
+    from popflow.app import App
     from popflow.demo.runner import DemoResult
+    from popflow.ops.listen import ListenAddress
+    from popflow.ops.server import OpsServer
+    from popflow.scheduler import PollScheduler
 
 log = logging.getLogger("popflow.run")
 
@@ -29,15 +33,24 @@ log = logging.getLogger("popflow.run")
 # -- run -----------------------------------------------------------------------------------------
 @main.command()
 @config_option
+@click.option("--http", "http_listen", metavar="ADDR", default=None,
+              help="serve /metrics, /healthz, /readyz and a status page on ADDR (e.g. 127.0.0.1:9464; "
+                   "a bare port means loopback); overrides the config's http.listen")
 @click.pass_context
-def run(ctx: click.Context, config_path: Path | None) -> None:
+def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -> None:
     """Poll every enabled source on its schedule until SIGINT/SIGTERM, then exit 0.
 
     On a signal, running polls finish the message in hand and end their POP3 session with QUIT,
     so every deletion they earned applies. A second signal exits at once (the ledger makes that
     safe: nothing is deleted that was not delivered).
     """
+    from popflow.ops.listen import parse_listen
     from popflow.scheduler import PollScheduler
+
+    try:
+        listen = parse_listen(http_listen) if http_listen is not None else None
+    except ValueError as exc:
+        fail(f"--http: {exc}")
 
     app = load_app(ctx, config_path)
     names = app.enabled_sources()
@@ -47,6 +60,7 @@ def run(ctx: click.Context, config_path: Path | None) -> None:
     prepare_data_dir(app)
     _ = app.state  # open the ledger once, here, before the poll threads share it
     scheduler = PollScheduler(app, names)
+    ops = _ops_server(app, scheduler, listen)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -65,10 +79,31 @@ def run(ctx: click.Context, config_path: Path | None) -> None:
             pass
     finally:
         scheduler.stop(wait=True)
+        if ops is not None:
+            ops.close()
         app.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("popflow run: stopped")
+
+
+def _ops_server(app: App, scheduler: PollScheduler, listen: ListenAddress | None) -> OpsServer | None:
+    """The metrics/status server when ``--http`` or ``http.listen`` asks for one, listening already."""
+    from popflow.ops.listen import parse_listen
+    from popflow.ops.server import OpsServer
+
+    if listen is None and app.config.http is not None:
+        listen = parse_listen(app.config.http.listen)
+    if listen is None:
+        return None
+    ops = OpsServer(app, scheduler, listen)
+    ops.attach()
+    try:
+        ops.start()
+    except OSError as exc:
+        app.close()
+        fail(f"cannot listen on {listen} for --http: {exc.strerror or exc}", status=1)
+    return ops
 
 
 # -- demo ----------------------------------------------------------------------------------------

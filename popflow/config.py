@@ -146,6 +146,19 @@ class SinkSettings(BaseModel):
     backoff_max: Duration = 60.0
 
 
+class HttpSettings(StrictModel):
+    """``http:``: the metrics, health and status server of ``popflow run`` (see :mod:`popflow.ops.server`)."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> str:
+        from popflow.ops.listen import parse_listen
+
+        return str(parse_listen(value))  # a bare port means loopback
+
+
 class Config(StrictModel):
     """The whole configuration file."""
 
@@ -154,6 +167,8 @@ class Config(StrictModel):
     plugins_dir: list[Path] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     batch_size: int = Field(default=100, ge=1, le=10000)
+    log_format: Literal["text", "json"] = "text"
+    http: HttpSettings | None = None
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     filters: list[FilterRule] = Field(default_factory=list)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from popflow.config import SinkSettings
 from popflow.errors import DeadLetterError, RetryableError, describe_error
+from popflow.logs import log_fields
 from popflow.message import Message
 from popflow.outcome import Outcome
 from popflow.pipeline import Pipeline, notify_delivered, notify_failed
@@ -147,7 +148,8 @@ class Deliverer:
                 self._delivered(item, sink_name)
         for sink_name, retry in slow.items():
             for item, first_error in retry:
-                self._deliver_one(self.runners[sink_name], item, first_error)
+                with log_fields(sink=sink_name, uidl=item.uidl):  # the retry warnings, in JSON logs
+                    self._deliver_one(self.runners[sink_name], item, first_error)
 
     def _after_fast_failure(self, runner: SinkRunner, written: list[Item]) -> list[tuple[Item, BaseException | None]]:
         """A write failed mid-batch: keep what the sink already has, redo what a rollback loses."""

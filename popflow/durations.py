@@ -46,7 +46,9 @@ def parse_size(value: object) -> int:
     return size
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+_PARSE_DURATION = BeforeValidator(parse_duration, json_schema_input_type=str | float)  # the schema takes "30s"
+
+Duration = Annotated[float, _PARSE_DURATION]
 """A duration in seconds, written in config as ``30s``, ``5m``, ``2h`` or ``30d``."""
 
 MIN_INTERVAL = 1.0
@@ -69,11 +71,11 @@ def at_least(minimum: float) -> Callable[[float], float]:
     return check
 
 
-Interval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(at_least(MIN_INTERVAL))]
+Interval = Annotated[float, _PARSE_DURATION, AfterValidator(at_least(MIN_INTERVAL))]
 """A poll interval (``every:``): a :data:`Duration` of at least :data:`MIN_INTERVAL`."""
 
-Timeout = Annotated[float, BeforeValidator(parse_duration), AfterValidator(at_least(MIN_TIMEOUT))]
+Timeout = Annotated[float, _PARSE_DURATION, AfterValidator(at_least(MIN_TIMEOUT))]
 """A network timeout: a :data:`Duration` of at least :data:`MIN_TIMEOUT`."""
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=str | int)]
 """A size in bytes, written in config as ``512KB`` or ``50MB`` (multiples of 1024)."""

@@ -15,6 +15,7 @@ from typing import Any
 import pluggy
 
 from popflow.errors import PopflowError
+from popflow.logs import log_fields
 
 STAGE_HOOKS: frozenset[str] = frozenset({
     "popflow_parse", "popflow_scan", "popflow_filter", "popflow_transform", "popflow_route",
@@ -37,7 +38,8 @@ def _naming(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..
     @functools.wraps(function)
     def call(*args: Any) -> Any:
         try:
-            return function(*args)
+            with log_fields(plugin=plugin):  # JSON logs name the plugin of what it logs
+                return function(*args)
         except PopflowError as exc:  # a deliberate signal (DeferMessage, ...): keep it, add the name
             exc.plugin = plugin  # type: ignore[attr-defined]
             raise

@@ -3,12 +3,19 @@
 Every line goes through :class:`SafeFormatter`: log messages quote servers, mail and plugins, so
 control characters are shown escaped (a message stays on one line; a traceback keeps its own
 line breaks) and every secret registered in :mod:`popflow.redact` is masked.
+``log_format: json`` (``--log-format json``) uses :class:`JsonFormatter` instead: one JSON object
+per line for Loki/ELK, with the same redaction.
 """
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 
 from popflow.redact import redact
 from popflow.terminal import printable
@@ -39,14 +46,60 @@ class SafeFormatter(logging.Formatter):
         return printable(redact(super().formatStack(stack_info)))
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Configure the root logger once (idempotent); quiet chatty libraries."""
+FIELDS = ("source", "uidl", "sink", "plugin")
+"""Structured fields a JSON line carries when known: from ``extra={...}`` or :func:`log_fields`."""
+
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("popflow_log_fields", default=None)
+
+
+@contextmanager
+def log_fields(**fields: str) -> Iterator[None]:
+    """Attach ``fields`` (e.g. ``source=``) to every record logged in this thread inside the block."""
+    token = _context.set({**(_context.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, the known :data:`FIELDS`,
+    and ``exception`` with a traceback. Secrets are masked; JSON escapes every control character."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": redact(record.getMessage())}
+        context = _context.get() or {}
+        for name in FIELDS:
+            value = getattr(record, name, None) or context.get(name)
+            if value is not None:
+                entry[name] = redact(str(value))
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exception"] = redact(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str)  # ASCII only: no U+2028 or bidi control reaches a viewer
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Configure the root logger once (idempotent); quiet chatty libraries.
+
+    ``log_format`` is ``text`` (a readable line) or ``json`` (:class:`JsonFormatter`).
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_popflow", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
     handler._popflow = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())

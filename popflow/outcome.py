@@ -43,6 +43,8 @@ class PollCounts:
     fetched: int = 0
     delivered: int = 0
     skipped: int = 0
+    newly_skipped: int = 0
+    """Of ``skipped``, those this poll skipped for the first time (metrics count each message once)."""
     dropped: int = 0
     quarantined: int = 0
     dead_letters: int = 0
@@ -50,12 +52,15 @@ class PollCounts:
     deleted: int = 0
     defects: int = 0
     errors: int = 0
+    no_route: int = 0
+    """Of ``delivered``, those no route sent anywhere (handled, kept nowhere)."""
     seconds: float = 0.0
 
     def add(self, outcome: Outcome) -> None:
         """Count one message's outcome."""
         if outcome.kind in ("delivered", "no_route"):
             self.delivered += 1
+            self.no_route += outcome.kind == "no_route"
         elif outcome.kind == "dropped":
             self.dropped += 1
         elif outcome.kind == "quarantined":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from popflow.delivery import Deliverer, Item, SinkRunner
 from popflow.errors import DeliveryError, PopflowError, ServerMisbehaved, SourceConnectionError, describe_error
+from popflow.logs import log_fields
 from popflow.outcome import Outcome, PollCounts
 from popflow.pipeline import Pipeline
 from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
@@ -41,6 +42,11 @@ class PollReport:
     def clean(self) -> bool:
         """True when the poll succeeded and no delivery was deferred, failed or dead-lettered."""
         return self.error is None and self.counts.clean
+
+    @property
+    def status(self) -> str:
+        """``ok`` (clean), ``partial`` (the source answered; a delivery did not go through) or ``failed``."""
+        return "ok" if self.clean else ("failed" if self.error else "partial")
 
     def line(self) -> str:
         """One log line summarising the poll."""
@@ -136,6 +142,7 @@ class Poller:
             if plan.gone:
                 self.state.record_gone(self.source.name, plan.gone)
             counts.skipped = len(plan.skipped)
+            counts.newly_skipped = len(plan.newly_skipped)
             if confirmed:
                 failed = session.delete(confirmed) or []
                 to_quit += [item.uidl for item in confirmed if item not in failed]
@@ -172,8 +179,7 @@ class Poller:
             for runner in self.runners.values():
                 runner.close()
             counts.seconds = time.monotonic() - started
-            status = "ok" if report.clean else ("failed" if report.error else "partial")
-            self.state.finish_run(run_id, status, counts.as_dict(), report.error)
+            self.state.finish_run(run_id, report.status, counts.as_dict(), report.error)
         return report
 
     def _record_skipped(self, skipped: list[tuple[Listing, str]], outcome: str | None = None) -> None:
@@ -234,7 +240,8 @@ class Poller:
                     work.recognised.append((listing, same))  # a message already handled: no delivery
                     continue
                 self._gone.append(earlier[0].key)  # a new message behind a remembered UIDL
-            prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
+            with log_fields(uidl=listing.uidl):
+                prepared = self.pipeline.prepare(fetched, self.source.name, listing.uidl)
             if isinstance(prepared, Outcome):
                 work.outcomes.append((listing, prepared))
             else:

@@ -94,7 +94,7 @@ def test_the_systemd_unit_is_hardened() -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(EXAMPLES / "popflow.service")
     service = unit["Service"]
-    assert service["ExecStart"].endswith("popflow run")
+    assert service["ExecStart"].endswith("popflow run --http 127.0.0.1:9464")  # metrics on loopback only
     assert service["DynamicUser"] == "yes" or "User" in service
     assert service["ProtectSystem"] == "strict"
     assert "ReadWritePaths" in service and "EnvironmentFile" in service

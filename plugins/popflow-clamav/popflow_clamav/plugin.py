@@ -58,6 +58,10 @@ class ClamavOptions(BaseModel):
         return ClamdClient(self.address, socket_path=self.socket, timeout=self.timeout)
 
 
+popflow_options_model = ClamavOptions
+"""What ``plugins.clamav`` may hold, for ``popflow schema``."""
+
+
 def load_options(raw: dict[str, object] | None) -> ClamavOptions | None:
     """Validate the plugin's config section; None (not configured) means disabled."""
     if raw is None:
