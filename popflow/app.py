@@ -19,6 +19,7 @@ from popflow.pipeline import Pipeline
 from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
 from popflow.private import mkdirs_private
+from popflow.raw_copies import StateRawStore
 from popflow.redact import option_secrets, register_secrets, url_secrets
 from popflow.sinks.base import Sink
 from popflow.sources.base import Source
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def register_config_secrets(config: Config) -> None:
     """Feed the log redaction (:mod:`popflow.redact`) with every secret the config holds: secret
     keys, URL credentials (the state URL's, a webhook's), and ``${VAR}`` values in secret keys."""
-    found = url_secrets(config.state) + config.env_secrets()
+    found = url_secrets(config.state) + url_secrets(config.executor.broker or "") + config.env_secrets()
     for entries in (config.sources, config.sinks, config.plugins):
         for options in entries.values():  # not the names: a sink may be called "token"
             found += option_secrets(options)
@@ -69,7 +70,11 @@ class App:
         self._state: StateStore | None = None
         self.poll_observers: list[Callable[[PollReport], None]] = []
         """Called with the report of every poll that ran (metrics: :mod:`popflow.ops.metrics`)."""
-        self.store = MessageStore(self.context.data_dir / "messages")
+        self.store: MessageStore
+        if config.executor.type == "celery":  # workers on many machines: raw copies in the shared state DB
+            self.store = StateRawStore(lambda: self.state)
+        else:
+            self.store = MessageStore(self.context.data_dir / "messages")
         # Validated models may hold secrets the raw tree did not name (a plugin type's SecretStr).
         register_secrets(secret for _, options in [*self.source_configs.values(), *self.sink_configs.values()]
                          for secret in option_secrets(options))
@@ -143,10 +148,12 @@ class App:
         deliverer = Deliverer(runners, pipeline, self.pm, self.context.stop)
         return Poller(self.source(name), runners, pipeline, self.state, deliverer, self.config.batch_size)
 
-    def poll(self, name: str, progress: ProgressCallback | None = None) -> PollReport:
+    def poll(self, name: str, progress: ProgressCallback | None = None, *,
+             lease_seconds: float | None = None) -> PollReport:
         """Poll one source once, holding its lease (:mod:`popflow.locks`) for the whole poll.
 
-        When another popflow process is polling the source, nothing is polled: the report says who.
+        When another popflow process is polling the source, nothing is polled: the report says who
+        (and ``report.busy`` is set). ``lease_seconds`` overrides the lease length (``executor.lease``).
         Every line logged meanwhile carries ``source`` (JSON logs, :func:`popflow.logs.log_fields`).
         """
         with log_fields(source=name):
@@ -154,7 +161,8 @@ class App:
 
     def _poll(self, name: str, progress: ProgressCallback | None) -> PollReport:
         poller = self.poller(name)  # a config error for an unknown name before any lease is taken
-        lease = Lease(self.state, name)
+        lease = Lease(self.state, name) if lease_seconds is None else \
+            Lease(self.state, name, lease=lease_seconds, renew_every=lease_seconds / 3)
         try:
             lease.acquire()
         except LockBusy as busy:
@@ -162,6 +170,7 @@ class App:
             report.error = (f"source {name!r} is being polled by another popflow process "
                             f"({busy.holder.describe() if busy.holder else 'owner unknown'})")
             report.counts.errors = 1
+            report.busy = True
             log.info(report.line())
             return report
         try:

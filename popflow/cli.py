@@ -235,4 +235,4 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 
 
 # The other commands live in their own modules and register themselves on ``main``.
-from popflow import cli_check, cli_ops, cli_run, cli_stored  # noqa: E402,F401
+from popflow import cli_check, cli_ops, cli_run, cli_stored, cli_worker  # noqa: E402,F401

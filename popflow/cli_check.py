@@ -82,6 +82,13 @@ def check(ctx: click.Context, config_path: Path | None, connect: bool) -> None:
         console.print(Text.assemble("config: ", shown(app.file), "  ", ("valid", "green")), highlight=False)
         console.print(shown(f"state: {_safe_url(app.config.state)}   data_dir: {app.context.data_dir}"),
                       highlight=False)
+        executor = app.config.executor
+        if executor.type == "celery":
+            from popflow.redact import display_url
+
+            console.print(shown(f"executor: celery, broker {display_url(executor.broker or '')}, queue "
+                                f"{executor.queue}, lease {executor.lease:g}s (polls run on `popflow worker`)"),
+                          highlight=False)
         sources = Table(title="sources")
         for column in ("name", "type", "where", "schedule", "policy"):
             sources.add_column(column)
@@ -147,6 +154,14 @@ def _connect_all(app: App) -> int:
         except Exception as exc:
             failures += 1
             table.add_row(shown(f"source {name}"), FAILED, shown(describe_error(exc)))
+    if app.config.executor.type == "celery":
+        from popflow.executors.celery_app import check_broker
+
+        try:
+            table.add_row(shown("broker"), OK, shown(check_broker(app.config.executor)))
+        except Exception as exc:
+            failures += 1
+            table.add_row(shown("broker"), FAILED, shown(describe_error(exc)))
     for name in app.sink_configs:
         try:
             table.add_row(shown(f"sink {name}"), OK, shown(app.sink(name).check()))

@@ -59,6 +59,11 @@ def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -
         fail(f"{app.file}: no enabled source to poll; add one under 'sources:' (see `popflow init`)")
     prepare_data_dir(app)
     _ = app.state  # open the ledger once, here, before the poll threads share it
+    if app.config.executor.type == "celery":  # schedule and enqueue only; `popflow worker`s poll
+        from popflow.cli_worker import dispatch_until_signal
+
+        dispatch_until_signal(app, names)
+        return
     scheduler = PollScheduler(app, names)
     ops = _ops_server(app, scheduler, listen)
     stopping = threading.Event()

@@ -42,9 +42,9 @@ def _show(app: App, rows: list[dict[str, Any]], entry_id: int) -> None:
     row = rows[0]
     for key, value in row.items():
         console.print(Text.assemble((key, "bold"), ": ", shown(value)), highlight=False)
-    path = app.store.path_for(row["sha256"])
-    console.print(Text.assemble(("raw", "bold"), ": ", shown(path), f" ({'present' if path.exists() else 'MISSING'})"),
-                  highlight=False)
+    sha256 = row["sha256"]
+    console.print(Text.assemble(("raw", "bold"), ": ", shown(app.store.where(sha256)),
+                                f" ({'present' if app.store.has(sha256) else 'MISSING'})"), highlight=False)
 
 
 def _print_results(results: list[ReplayResult]) -> None:

@@ -12,11 +12,13 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -26,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from popflow.durations import Duration, Interval, Size
+from popflow.durations import Duration, Interval, Size, at_least, parse_duration
 from popflow.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "popflow.yaml"
@@ -159,6 +161,33 @@ class HttpSettings(StrictModel):
         return str(parse_listen(value))  # a bare port means loopback
 
 
+class ExecutorSettings(StrictModel):
+    """``executor:``: where polls run — in ``popflow run``'s threads (``local``) or on Celery workers.
+
+    See docs/scale-out.md. ``broker`` is required for ``celery``; ``lease`` is how long a worker
+    holds a mailbox without renewing (a worker that dies loses it after that long).
+    """
+
+    type: Literal["local", "celery"] = "local"
+    broker: str | None = None
+    queue: str = Field(default="popflow", min_length=1, max_length=190)
+    lease: Annotated[float, BeforeValidator(parse_duration), AfterValidator(at_least(5.0))] = 300.0
+
+    @model_validator(mode="after")
+    def _broker_for_celery(self) -> ExecutorSettings:
+        if self.type == "celery" and not self.broker:
+            raise ValueError("executor type 'celery' needs 'broker' (redis://... or amqp://...)")
+        if self.broker and not re.match(r"^(redis|rediss|amqp|amqps|pyamqp|memory)://", self.broker):
+            raise ValueError("'broker' must be a redis://, rediss://, amqp:// or amqps:// URL")
+        return self
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        from popflow.redact import display_url
+
+        for key, value in super().__repr_args__():
+            yield key, (display_url(value) if key == "broker" and isinstance(value, str) else value)
+
+
 class Config(StrictModel):
     """The whole configuration file."""
 
@@ -174,6 +203,7 @@ class Config(StrictModel):
     filters: list[FilterRule] = Field(default_factory=list)
     routes: list[RouteRule] = Field(default_factory=list)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     # Where the file was read from; relative paths in it are relative to this folder.
     source_file: Path | None = Field(default=None, exclude=True)

@@ -16,10 +16,12 @@ A script directory's ``env.py`` must call :func:`run_migrations_online` (see
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 # Alembic is imported where it is used: importing it costs ~0.1-0.2 s of start-up, which every
@@ -71,10 +73,35 @@ def upgrade(engine: Engine, script_location: str | Path, *, version_table: str,
     """
     from alembic import command
 
-    with engine.begin() as connection:
-        command.upgrade(_config(script_location, version_table, parameters or {}, connection), revision)
+    with engine.connect() as connection:
+        with connection.begin():
+            _serialize(connection, version_table)
+            command.upgrade(_config(script_location, version_table, parameters or {}, connection), revision)
+        if connection.dialect.name in ("mysql", "mariadb"):
+            connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _lock_name(version_table)})
+            connection.commit()
     with engine.connect() as connection:
         return current_revision(connection, version_table)
+
+
+def _serialize(connection: Connection, version_table: str) -> None:
+    """Let one process at a time migrate one schema (until this transaction ends).
+
+    Several processes starting together on an empty database (the workers of ``executor:
+    celery``, or the poll threads of one process opening one database sink) would otherwise all
+    create the same tables at once and fail or wait on each other's locks. The second one waits
+    here, then finds the schema at head and changes nothing. SQLite serialises writers already.
+    """
+    if connection.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(version_table.encode()).digest()[:8], "big", signed=True)
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    elif connection.dialect.name in ("mysql", "mariadb"):
+        # A named lock lasts for the session: upgrade() releases it once the migration is committed.
+        connection.execute(text("SELECT GET_LOCK(:name, 300)"), {"name": _lock_name(version_table)})
+
+
+def _lock_name(version_table: str) -> str:
+    return f"popflow:{version_table}"[:64]
 
 
 def run_migrations_online(context: Any) -> None:

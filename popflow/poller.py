@@ -37,6 +37,8 @@ class PollReport:
     counts: PollCounts = field(default_factory=PollCounts)
     error: str | None = None
     stopped: bool = False
+    busy: bool = False
+    """Nothing was polled: another process holds the source's lease."""
 
     @property
     def clean(self) -> bool:

@@ -21,9 +21,9 @@ class ReplayResult:
 
 
 def _rerun(app: App, row: dict[str, Any], *, scan: bool, extra_sink: str | None) -> tuple[bool, str]:
+    if not app.store.has(row["sha256"]):
+        return False, f"raw bytes missing ({app.store.where(row['sha256'])})"
     raw = app.store.get(row["sha256"])
-    if raw.path is None or not raw.path.exists():
-        return False, "raw bytes missing from data_dir"
     pipeline = app.pipeline()
     prepared = pipeline.prepare(raw, row["source"], row["uidl"], scan=scan)
     if isinstance(prepared, Outcome):

@@ -50,7 +50,7 @@ from popflow.processes import owner_is_dead
 metadata = MetaData()
 
 SCHEMA_LOCATION = "popflow:state_migrations"
-SCHEMA_HEAD = "s0002"
+SCHEMA_HEAD = "s0003"
 """The newest state-store migration; a store at this revision is used without loading Alembic."""
 VERSION_TABLE = "popflow_state_version"
 
@@ -641,3 +641,8 @@ class StateStore:
         with self.transaction() as connection:
             connection.execute(update(runs).where(runs.c.id == run_id).values(
                 finished_at=now(), status=status, counts=counts, error=error))
+
+
+# The scale-out tables (schedule ticks, raw copies, source registry) join ``metadata`` here, so the
+# schema in the code is always the whole schema the migrations make.
+from popflow import shared_tables  # noqa: E402,F401

@@ -74,6 +74,14 @@ class MessageStore:
                                f"{exc.strerror or exc}") from exc
         return final
 
+    def has(self, sha256: str) -> bool:
+        """Whether the bytes with this SHA-256 are stored."""
+        return self.path_for(sha256).exists()
+
+    def where(self, sha256: str) -> str:
+        """Where the copy lives, for people: its path."""
+        return str(self.path_for(sha256))
+
     def get(self, sha256: str) -> RawMessage:
         """The stored raw bytes (spooled from the file, not loaded)."""
         path = self.path_for(sha256)

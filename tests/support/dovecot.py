@@ -41,6 +41,7 @@ when ``CI=true`` and skips it otherwise, with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -155,6 +156,19 @@ class DovecotServer:
         self._delivered.append(name)
         return name
 
+    def add_user(self, username: str, password: str) -> DovecotServer:
+        """Add a mailbox user (Dovecot re-reads its passwd file); returns a view of that user's
+        mailbox with the same methods (``deliver``, ``count``, ...) and the same server."""
+        with open(self.root / "etc" / "passwd", "a") as passwd:
+            passwd.write(f"{username}:{{PLAIN}}{password}\n")
+        maildir = self.root / "mail" / username / "Maildir"
+        for path in (maildir.parent, maildir, *(maildir / sub for sub in ("new", "cur", "tmp"))):
+            path.mkdir(exist_ok=True)
+            os.chown(path, self.uid, self.gid)
+            path.chmod(0o700)
+        return dataclasses.replace(self, username=username, password=password, maildir=maildir, _http=None,
+                                   _delivered=[])
+
     def _files(self) -> list[Path]:
         return [p for sub in ("new", "cur") for p in (self.maildir / sub).iterdir() if p.is_file()]
 
@@ -211,7 +225,7 @@ class DovecotServer:
 
 
 def _write_config(root: Path, *, port: int, tls_port: int, http_port: int, user: pwd.struct_passwd,
-                  username: str, password: str) -> Path:
+                  username: str, password: str, extra_config: str = "") -> Path:
     import grp
 
     etc = root / "etc"
@@ -289,12 +303,15 @@ service pop3-login {{
     ssl = yes
   }}
 }}
+{extra_config}
 """)
     return conf
 
 
-def start_dovecot(username: str = "popflow", password: str | None = None) -> DovecotServer:
-    """Start a private Dovecot under a fresh directory in /tmp; raise DovecotUnavailable if it can't."""
+def start_dovecot(username: str = "popflow", password: str | None = None, extra_config: str = "") -> DovecotServer:
+    """Start a private Dovecot under a fresh directory in /tmp; raise DovecotUnavailable if it can't.
+
+    ``extra_config`` is appended to its dovecot.conf (e.g. ``pop3_lock_session = yes``)."""
     binary = shutil.which("dovecot") or ("/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None)
     if binary is None:
         raise DovecotUnavailable("the dovecot binary is not installed (apt install dovecot-pop3d)")
@@ -334,7 +351,7 @@ def start_dovecot(username: str = "popflow", password: str | None = None) -> Dov
 
     port, tls_port = free_port(), free_port()
     conf = _write_config(root, port=port, tls_port=tls_port, http_port=http.server_address[1], user=user,
-                         username=username, password=password)
+                         username=username, password=password, extra_config=extra_config)
     server = DovecotServer(root=root, host="127.0.0.1", port=port, tls_port=tls_port, ca_file=ca_file,
                            username=username, password=password, oauth2_token=token, maildir=maildir,
                            log_path=root / "dovecot.log", uid=user.pw_uid, gid=user.pw_gid, _http=http)

@@ -1,0 +1,69 @@
+"""The poll task ``popflow worker`` runs: one poll of one source for one tick.
+
+A task is ``(source, tick)``. It is safe to run twice (a redelivery after a worker died, a tick
+enqueued again after its task was presumed lost): it polls only if its tick has not finished, and
+the poll holds the source's lease, so two workers never hold one maildrop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from popflow.app import App
+from popflow.config import ExecutorSettings
+from popflow.executors.ticks import TickBook
+from popflow.poller import PollReport
+from popflow.processes import new_owner
+
+log = logging.getLogger("popflow.worker")
+
+
+class PollTask:
+    """Runs poll tasks against one :class:`App` (one per worker process, shared by its threads)."""
+
+    def __init__(self, app: App, settings: ExecutorSettings) -> None:
+        from popflow.executors.celery_app import tick_grace
+
+        self.app = app
+        self.settings = settings
+        self.ticks = TickBook(app.state, new_owner(), tick_grace(settings))
+
+    def celery_entry(self, source: str, tick: int) -> str:
+        """The Celery task body."""
+        if self.app.context.stop.is_set():
+            # Shutting down: give the task back to the broker for another worker, untouched.
+            from celery.exceptions import Reject
+
+            raise Reject("worker shutting down", requeue=True)
+        return self.run(source, int(tick))
+
+    def run(self, source: str, tick: int) -> str:
+        """Poll ``source`` for ``tick`` unless that tick is done; returns what happened, in one word."""
+        refresh = getattr(self.app, "refresh_sources", None)
+        if source not in self.app.source_configs and refresh is not None:
+            refresh()  # a source added to the registry after this worker started
+        if source not in self.app.source_configs:
+            log.warning("poll %s: no such source here (removed from the registry, or a config that differs "
+                        "from the scheduler's); task dropped", source)
+            self.ticks.finish(source, tick, "gone")
+            return "gone"
+        if not self.ticks.start(source, tick):
+            log.info("poll %s: tick %d already polled or replaced by a newer one; nothing to do", source, tick)
+            return "done"
+        try:
+            report = self.app.poll(source, lease_seconds=self.settings.lease)  # logs the one-line summary
+        except Exception:  # App.poll reports mail and server problems itself; this is a bug guard
+            log.exception("poll of %s raised; it will be polled again on its next tick", source)
+            self.ticks.finish(source, tick, "failed")
+            return "failed"
+        if report.busy:
+            # Another worker holds the mailbox (a long poll, or a dead worker's lease not yet
+            # expired): leave the tick to it; the next tick after the lease ends polls again.
+            return "busy"
+        status = _status(report)
+        self.ticks.finish(source, tick, status)
+        return status
+
+
+def _status(report: PollReport) -> str:
+    return "ok" if report.clean else ("failed" if report.error else "partial")
