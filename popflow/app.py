@@ -157,9 +157,9 @@ class App:
         Every line logged meanwhile carries ``source`` (JSON logs, :func:`popflow.logs.log_fields`).
         """
         with log_fields(source=name):
-            return self._poll(name, progress)
+            return self._poll(name, progress, lease_seconds)
 
-    def _poll(self, name: str, progress: ProgressCallback | None) -> PollReport:
+    def _poll(self, name: str, progress: ProgressCallback | None, lease_seconds: float | None) -> PollReport:
         poller = self.poller(name)  # a config error for an unknown name before any lease is taken
         lease = Lease(self.state, name) if lease_seconds is None else \
             Lease(self.state, name, lease=lease_seconds, renew_every=lease_seconds / 3)
