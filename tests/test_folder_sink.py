@@ -441,3 +441,19 @@ def test_registers_folder_type() -> None:
     registry = Registry()
     folder_module.popflow_register_sinks(registry._adder(registry.sinks, "sink"))
     assert registry.sink_type("folder") is FolderSink
+
+
+def test_open_removes_tmp_leftovers_of_a_dead_writer_only(tmp_path: Path) -> None:
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp = tmp_path / "mail" / "tmp"
+    tmp.mkdir(parents=True)
+    key = "0" * 32
+    gone = tmp / f"{time.time_ns()}.P{dead.pid}Q1R{'a' * 12}.{key}"
+    mine = tmp / f"{time.time_ns()}.P{os.getpid()}Q2R{'b' * 12}.{key}"
+    foreign = tmp / "1234.other-mua.tmp"
+    for path in (gone, mine, foreign):
+        path.write_bytes(b"x")
+    make_sink(tmp_path).open()
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([mine.name, foreign.name])
