@@ -4,7 +4,7 @@
 Serves a mailbox from popflow's own POP3 server (:class:`popflow.testing.POP3TestServer`, in this
 process, PIPELINING advertised) and runs ``popflow poll`` in a child process under
 ``/usr/bin/time -v``, so the figure is the poll's own peak resident set size, not the server's.
-Each case is delivered into a fresh Maildir (``group_commit: true``, delete mode) and checked:
+Each case is delivered into a fresh Maildir (default config, delete mode) and checked:
 every message delivered, the server mailbox empty.
 
 Cases (sizes are of the messages as sent):
@@ -124,7 +124,6 @@ def write_config(work: Path, port: int, maildir: Path) -> Path:
         "  maildir:\n"
         "    type: folder\n"
         f"    path: {maildir}\n"
-        "    group_commit: true\n"
         "routes:\n"
         "  - sinks: [maildir]\n",
         encoding="utf-8",

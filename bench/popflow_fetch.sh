@@ -55,8 +55,7 @@ umask 077
             echo "    type: folder"
             echo "    layout: maildir"
             echo "    path: \${DEST_MAILDIR}"
-            # Group commit: a batch is written and fsynced in the background, published at commit().
-            echo "    group_commit: true"
+            # No group_commit key: the default (one syncfs per batch) is what a user gets.
             ;;
         db)
             echo "  db:"

@@ -144,7 +144,7 @@ def test_commit_fsyncs_new_dir_once_per_batch(tmp_path: Path, monkeypatch: pytes
         real_fsync(fd)
 
     monkeypatch.setattr(folder_module.os, "fsync", counting_fsync)
-    sink = make_sink(tmp_path)
+    sink = make_sink(tmp_path, group_commit=False)
     sink.open()
     synced.clear()
     for index in range(5):
@@ -204,6 +204,40 @@ def test_group_commit_flushes_a_batch_with_one_syncfs_before_any_rename(
     assert events[1:21] == ["rename"] * 20
     assert "fsync" in events[21:]  # then the directory entries
     assert len(list((tmp_path / "mail" / "new").iterdir())) == 20
+
+
+def test_group_commit_is_the_default_for_maildir_only() -> None:
+    maildir = FolderConfig.model_validate({"type": "folder", "path": "x"})
+    eml = FolderConfig.model_validate({"type": "folder", "path": "x", "layout": "eml"})
+    per_file = FolderConfig.model_validate({"type": "folder", "path": "x", "group_commit": False})
+    assert (maildir.group_commit, eml.group_commit, per_file.group_commit) == (True, False, False)
+
+
+def test_group_commit_without_syncfs_fsyncs_each_file_and_renames_at_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file")
+        real_fsync(fd)
+
+    def rename(src: str, dst: str) -> None:
+        events.append("rename")
+        real_rename(src, dst)
+
+    sink = make_sink(tmp_path)
+    sink.open()
+    monkeypatch.setattr(folder_module, "_SYNCFS", None)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    sink.write(make_message(uidl="U1"))
+    sink.write(make_message(uidl="U2"))
+    assert events == ["fsync-file", "fsync-file"]  # each file on disk while still in tmp/
+    assert list((tmp_path / "mail" / "new").iterdir()) == []
+    sink.commit()
+    assert events[2:4] == ["rename", "rename"]
+    assert len(list((tmp_path / "mail" / "new").iterdir())) == 2
 
 
 def test_group_commit_rollback_forgets_the_batch(tmp_path: Path) -> None:
@@ -407,3 +441,19 @@ def test_registers_folder_type() -> None:
     registry = Registry()
     folder_module.popflow_register_sinks(registry._adder(registry.sinks, "sink"))
     assert registry.sink_type("folder") is FolderSink
+
+
+def test_open_removes_tmp_leftovers_of_a_dead_writer_only(tmp_path: Path) -> None:
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp = tmp_path / "mail" / "tmp"
+    tmp.mkdir(parents=True)
+    key = "0" * 32
+    gone = tmp / f"{time.time_ns()}.P{dead.pid}Q1R{'a' * 12}.{key}"
+    mine = tmp / f"{time.time_ns()}.P{os.getpid()}Q2R{'b' * 12}.{key}"
+    foreign = tmp / "1234.other-mua.tmp"
+    for path in (gone, mine, foreign):
+        path.write_bytes(b"x")
+    make_sink(tmp_path).open()
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([mine.name, foreign.name])

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from popflow.cli import main
+from popflow.sinks import folder as folder_module
 from popflow.testing import POP3TestServer
 from tests.support.databases import SERVER_URLS, TestDatabase, require_server
 from tests.support.dovecot import free_port
@@ -56,7 +57,7 @@ def _folder_not_writable(tmp_path: Path, _monkeypatch: pytest.MonkeyPatch) -> Ge
 
 
 def _disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Generator[Fault, None, None]:
-    # ENOSPC from fsync, for files under ./full only (delayed allocation reports a full disk there).
+    # ENOSPC from fsync and syncfs, for files under ./full only (delayed allocation reports a full disk there).
     # The state DB and data_dir live elsewhere, as they would on a separate mail volume.
     target = str(tmp_path / "full")
     real_fsync = os.fsync
@@ -68,6 +69,14 @@ def _disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Generator[Fau
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    real_syncfs = folder_module._SYNCFS
+    if real_syncfs is not None:  # group commit (the Maildir default) flushes a batch with syncfs(2)
+        def syncfs(fd: int) -> None:
+            if full["on"] and os.readlink(f"/proc/self/fd/{fd}").startswith(target):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_syncfs(fd)
+
+        monkeypatch.setattr(folder_module, "_SYNCFS", syncfs)
     yield Fault({"type": "folder", "path": "./full"}, lambda: maildir_ids(tmp_path / "full"),
                 lambda: full.update(on=False))
 

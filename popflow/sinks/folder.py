@@ -12,9 +12,9 @@ interrupted attempt is simply redone on retry. Every file goes through a temp fi
 Both layouts name files after a hash of ``(source, uidl)``, which makes them idempotent: writing a
 message the folder already holds changes nothing. Directory fsyncs are deferred to
 :meth:`FolderSink.commit` (group commit); ``group_commit: true`` also defers the Maildir file
-fsyncs, keeping a batch in ``tmp/`` until ``commit()`` has it on disk and moves it into ``new/``; its
-files are written and fsynced by a small thread pool meanwhile, so the fsyncs overlap each other
-and the fetching and parsing of the next messages.
+fsyncs, keeping a batch in ``tmp/`` until one ``syncfs(2)`` in ``commit()`` has it on disk and the
+renames move it into ``new/``. It is the default for ``layout: maildir``; where syncfs(2) is missing
+each file is fsynced as it is written and only the renames wait for ``commit()``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,12 +48,11 @@ from popflow.record import json_value
 from popflow.safenames import safe_filename, unique_name
 from popflow.sinks.base import Sink
 
-WRITE_THREADS = 16
-"""Group commit: at most this many files being written and fsynced at once."""
 STALE_TMP_SECONDS = 36 * 3600
 """Files older than this in a Maildir's ``tmp/`` are leftovers of a crash (Maildir convention)."""
 
 MAILDIR_SUFFIX = ".popflow"
+_OWN_TMP_RE = re.compile(r"^\d+\.P(\d+)Q\d+R[0-9a-f]{12}\.[0-9a-f]{32}$")
 _KEY_RE = re.compile(r"^([0-9a-f]{32})\.popflow(?:$|[:!;,])")
 _counter = itertools.count(1)
 
@@ -69,8 +67,11 @@ class FolderConfig(SinkSettings):
     """``layout: eml`` only: also save each attachment under ``<id>/``."""
     fsync: bool = True
     """Flush files and folders to disk; turn off only for scratch folders."""
-    group_commit: bool = False
-    """``layout: maildir`` only: fsync and publish a batch at ``commit()`` instead of every write."""
+    group_commit: bool | None = None
+    """``layout: maildir`` only: fsync and publish a batch at ``commit()`` instead of every write.
+
+    Unset means on for ``maildir`` (the guarantee is the same: one syncfs(2) before any rename) and
+    off for ``eml``."""
 
     @model_validator(mode="after")
     def _eml_only_options(self) -> FolderConfig:
@@ -78,6 +79,8 @@ class FolderConfig(SinkSettings):
             raise ValueError("'attachments: true' needs 'layout: eml'")
         if self.layout != "maildir" and self.group_commit:
             raise ValueError("'group_commit: true' needs 'layout: maildir'")
+        if self.group_commit is None:
+            self.group_commit = self.layout == "maildir"
         return self
 
 
@@ -103,8 +106,7 @@ class FolderSink(Sink):
         self._root_str = str(self.root)
         self._opened = False
         self._known: set[str] = set()  # maildir: keys already in new/ or cur/
-        self._pending: list[_Pending] = []  # group commit: written (and fsynced) in the background
-        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[_Pending] = []  # group commit: written to tmp/, renamed at commit()
         self._dirty_dirs: set[Path] = set()  # directories to fsync at commit()
         self._swept: set[Path] = set()  # eml folders already cleaned of stale temp files
 
@@ -134,11 +136,8 @@ class FolderSink(Sink):
         """Make every write since the last commit durable (and, with group commit, visible)."""
         pending, self._pending = self._pending, []
         try:
-            # Every file must be complete and on disk before the first rename: wait for all writes.
-            errors = [error for item in pending if (error := _wait(item.done)) is not None]
-            if errors:
-                raise errors[0]
-            if any(item.done is None for item in pending):
+            # Every file must be on disk before the first rename (those fsynced one by one already are).
+            if any(not item.synced for item in pending):
                 self._syncfs()
             for item in pending:
                 with self._os_errors("move into new/", item.final):
@@ -158,7 +157,6 @@ class FolderSink(Sink):
         """Drop unpublished group-commit writes; files already in ``new/`` are complete and stay."""
         pending, self._pending = self._pending, []
         for item in pending:
-            _wait(item.done)  # a write still running would recreate the file after the unlink
             self._known.discard(item.key)
             with suppress(OSError):  # gone already, or a read-only folder: nothing to clean
                 os.unlink(item.tmp)
@@ -166,9 +164,6 @@ class FolderSink(Sink):
     def close(self) -> None:
         """Forget the index; writes never committed are rolled back."""
         self.rollback()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
         self._opened = False
         self._known.clear()
         self._swept.clear()
@@ -203,22 +198,14 @@ class FolderSink(Sink):
         # Unique in tmp/ even across processes and retries: time, pid, counter (Maildir style), and
         # a random part so nobody can plant a file there first (it is opened O_EXCL anyway).
         tmp = f"{root}/tmp/{time.time_ns()}.P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(6)}.{key}"
-        if self.config.group_commit and _SYNCFS is not None and self.config.fsync:
-            # Written now without an fsync; commit() flushes the whole batch with one syncfs(2)
-            # before the first rename, so no file reaches new/ before its bytes are on disk.
-            self._write_file(tmp, message.raw.iter_chunks(), sync=False, in_place=True)
-            self._known.add(key)
-            self._pending.append(_Pending(tmp, final, key, None))
-            return
         if self.config.group_commit:
-            # Written and fsynced by a worker thread while the next messages are fetched and
-            # parsed; commit() waits for every write before it publishes the batch. Concurrent
-            # fsyncs share journal commits, so a batch costs a few disk flushes, not one per file.
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="popflow-maildir")
-            done = self._pool.submit(self._write_file, tmp, message.raw.iter_chunks(), in_place=True)
+            # With syncfs(2) the file is written now without an fsync and commit() flushes the whole
+            # batch with one syncfs before the first rename, so no file reaches new/ before its bytes
+            # are on disk. Without it (or with fsync off) the file is fsynced here as usual.
+            deferred = _SYNCFS is not None and self.config.fsync
+            self._write_file(tmp, message.raw.iter_chunks(), sync=not deferred, in_place=True)
             self._known.add(key)
-            self._pending.append(_Pending(tmp, final, key, done))
+            self._pending.append(_Pending(tmp, final, key, synced=not deferred))
             return
         self._write_file(tmp, message.raw.iter_chunks(), in_place=True)
         self._known.add(key)
@@ -245,7 +232,11 @@ class FolderSink(Sink):
         with self._os_errors("list", self.root / "tmp"), os.scandir(self.root / "tmp") as entries:
             for entry in entries:
                 try:
-                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    # A batch left in tmp/ by a killed popflow (its pid is gone) goes at once; a
+                    # failing rename is retried, so even a wrong guess loses nothing.
+                    if entry.stat().st_mtime < cutoff or _writer_is_gone(entry.name):
                         os.unlink(entry.path)
                 except FileNotFoundError:  # another process cleaned it first
                     continue
@@ -413,24 +404,27 @@ class FolderSink(Sink):
 
 @dataclass(frozen=True)
 class _Pending:
-    """A group-commit write: its temp file in ``tmp/``, its name in ``new/``, and the running write."""
+    """A group-commit write: its temp file in ``tmp/`` and its name in ``new/``."""
 
     tmp: str
     final: str
     key: str
-    done: Future[None] | None
-    """The background write, or None when the file was written in place and awaits syncfs."""
+    synced: bool
+    """True when the file was fsynced as written; False when it awaits commit()'s syncfs(2)."""
 
 
-def _wait(done: Future[None] | None) -> BaseException | None:
-    """Wait for a background write; its exception, or None when it succeeded."""
-    if done is None:
-        return None
+def _writer_is_gone(name: str) -> bool:
+    """True for a popflow temp file whose writing process no longer exists."""
+    found = _OWN_TMP_RE.match(name)
+    if found is None or int(found.group(1)) == os.getpid():
+        return False
     try:
-        done.result()
-    except BaseException as exc:
-        return exc
-    return None
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by someone else
+        return False
+    return False
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
