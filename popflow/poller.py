@@ -289,7 +289,10 @@ class Poller:
             self.state.record_deliveries(partial)
         if handled:
             self.state.record_handled(handled, delivered)
-        if self.settings.keep_on_server or not to_delete or not may_delete:
+        if not to_delete or not may_delete:
+            return []
+        if self.settings.keep_on_server:
+            session.keep(to_delete)
             return []
         failed = session.delete(to_delete) or []
         if failed:
