@@ -97,10 +97,11 @@ class PollScheduler:
         """A thread running :meth:`Source.watch` for each source whose type can watch (IMAP IDLE)."""
         threads = []
         for name in self.sources:
-            source = self.app.source(name)
-            if type(source).watch is Source.watch:
+            source_type = self.app.source_configs[name][0]
+            if getattr(source_type, "watch", Source.watch) is Source.watch:
                 continue
-            thread = threading.Thread(target=self._watch, args=(name, source), name=f"watch {name}", daemon=True)
+            thread = threading.Thread(target=self._watch, args=(name, self.app.source(name)), name=f"watch {name}",
+                                      daemon=True)
             thread.start()
             threads.append(thread)
         return threads
