@@ -126,3 +126,33 @@ def test_wrong_password_is_reported_without_it(tmp_path: Path, imap_dovecot: Dov
     assert report.error and "refused" in report.error and "not-the-Secret-9" not in report.error
     with pytest.raises(AuthenticationError):
         app.source("imap").connect()
+
+
+def test_xoauth2_against_dovecots_oauth2_passdb(tmp_path: Path, imap_dovecot: DovecotServer) -> None:
+    imap_dovecot.deliver(sample_message(1))
+    token_file = tmp_path / "token"
+    token_file.write_text(imap_dovecot.oauth2_token + "\n")
+    app = make_app(write_imap_config(tmp_path, imap_dovecot, password=None, auth="xoauth2",
+                                     oauth2_token_file=str(token_file)))
+    session = app.source("imap").connect()
+    try:
+        assert session.auth_method == "xoauth2"
+    finally:
+        session.close()
+    assert app.poll("imap").counts.delivered == 1
+    token_file.write_text("tok-revoked\n")
+    report = app.poll("imap")
+    assert report.error and "XOAUTH2 refused" in report.error and "tok-revoked" not in report.error
+
+
+def test_session_info_for_check_connect(tmp_path: Path, imap_dovecot: DovecotServer) -> None:
+    imap_dovecot.deliver(sample_message(1))
+    app = make_app(write_imap_config(tmp_path, imap_dovecot))
+    session = app.source("imap").connect()
+    try:
+        info = session.info
+    finally:
+        session.close()
+    assert {"IDLE", "MOVE", "UIDPLUS"} <= set(info.capabilities)
+    assert info.message_count == 1
+    assert any(note.startswith("INBOX: 1 message(s), UIDVALIDITY ") for note in info.notes)

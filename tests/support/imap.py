@@ -92,7 +92,7 @@ def imap_source(server: DovecotServer, **options: Any) -> dict[str, Any]:
                               "ca_file": str(server.ca_file), "username": server.username,
                               "password": server.password, "timeout": "10s", "idle": False}
     source.update(options)
-    return source
+    return {key: value for key, value in source.items() if value is not None}
 
 
 def write_imap_config(tmp_path: Path, server: DovecotServer, *, sinks: dict[str, Any] | None = None,
