@@ -19,6 +19,10 @@ The rules (docs/delivery.md, "Which message is which"):
   after a crash gets the same key (the choice depends only on the ledger and the listing's order).
 * A live row whose message the server no longer lists is marked deleted (someone else removed it,
   or our QUIT expunged it just before a crash).
+* A new message the size of a handled one that is no longer listed is fetched and compared by
+  content first: the server may have renamed it (an IMAP folder's new UIDVALIDITY gives every
+  message a new key; a POP3 server may renumber its UIDLs). The same bytes are that message, now
+  remembered under its new key; it is not delivered again.
 """
 
 from __future__ import annotations
@@ -119,6 +123,11 @@ class Planner:
             else:
                 plan.verify.append((keyed, row))
         plan.gone = [unlisted.key for rows in by_uidl.values() for unlisted in rows]
+        vanished: dict[int, list[LedgerRow]] = {}
+        for rows in by_uidl.values():
+            for unlisted in rows:
+                if unlisted.state == "handled" and unlisted.sha256 and unlisted.size is not None:
+                    vanished.setdefault(unlisted.size, []).append(unlisted)
         for keyed in self.allocate(plan, new):
             earlier = rechecked.get(keyed.number)
             if earlier is None:
@@ -128,6 +137,9 @@ class Planner:
                 former = [row for row in plan.history.get(keyed.server_id, ())
                           if row.state == "deleted" and row.size == keyed.size and row.sha256
                           and row.mailbox in (None, self.mailbox)]
+                # A handled message that vanished while one of its size appeared: the server may
+                # have renamed it (an IMAP UIDVALIDITY change, renumbered UIDLs). Same bytes, same message.
+                former += vanished.get(keyed.size, [])
                 if former:
                     plan.recheck[keyed.uidl] = former
             else:

@@ -261,15 +261,26 @@ class Poller:
             return []
         log.info("%s: %d message(s) fetched again were already handled (same content); not delivered again",
                  self.source.name, len(recognised))
+        # Known under another server id now (see popflow.planner): remembered under the new key.
+        renamed = [(listing, row) for listing, row in recognised
+                   if row.state != "deleted" and row.server_uidl != listing.server_id]
+        if renamed:
+            self.state.record_handled([HandledMessage(
+                self.source.name, listing.uidl, row.outcome or "delivered", size=listing.size,
+                sha256=row.sha256 or "", reason=row.reason, server_uidl=listing.server_id, mailbox=self.mailbox,
+                header_sha256=row.header_sha256) for listing, row in renamed])
+        keys = {listing.uidl: row.key for listing, row in recognised}
+        keys.update({listing.uidl: listing.uidl for listing, _row in renamed})
         if self.settings.keep_on_server:
             revived = [row.key for _listing, row in recognised if row.state == "deleted"]
             if revived:
                 self.state.revive(self.source.name, revived)
-            recognised = [(listing, row) for listing, row in recognised if row.state != "deleted"]
+            recognised = [(listing, row) for listing, row in recognised
+                          if row.state != "deleted" and (listing, row) not in renamed]
             if not recognised:
                 return []
         failed = session.delete([listing for listing, _row in recognised]) or []
-        return [row.key for listing, row in recognised if listing not in failed]
+        return [keys[listing.uidl] for listing, _row in recognised if listing not in failed]
 
     def _record_and_delete(self, session: SourceSession, outcomes: list[tuple[Listing, Outcome]],
                            counts: PollCounts, *, may_delete: bool = True) -> list[str]:
@@ -298,7 +309,10 @@ class Poller:
             self.state.record_deliveries(partial)
         if handled:
             self.state.record_handled(handled, delivered)
-        if self.settings.keep_on_server or not to_delete or not may_delete:
+        if not to_delete or not may_delete:
+            return []
+        if self.settings.keep_on_server:
+            session.keep(to_delete)
             return []
         failed = session.delete(to_delete) or []
         if failed:

@@ -30,6 +30,7 @@ from popflow.app import App
 from popflow.config import SourceSettings
 from popflow.login_delays import LoginDelays
 from popflow.poller import PollReport
+from popflow.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class PollScheduler:
         self._lock = threading.Lock()
         self.login_delays = LoginDelays(self.scheduler, app.context, trigger_for)
         """Keeps each job no more frequent than its server's LOGIN-DELAY (:mod:`popflow.login_delays`)."""
+        self._running: set[str] = set()
+        self._woken: set[str] = set()
+        """Sources woken (:meth:`wake`) while their poll ran: polled again once it ends."""
 
     def settings(self, name: str) -> SourceSettings:
         """The validated settings of one source."""
@@ -85,21 +89,60 @@ class PollScheduler:
         return jobs
 
     def start(self) -> None:
-        """Add the jobs (first polls right away) and start the scheduler's thread."""
+        """Add the jobs (first polls right away), start the scheduler's thread and the sources' watchers."""
         self.add_jobs()
         self.scheduler.start()
+        self.start_watchers()
         log.info("popflow run: polling %s; stop with Ctrl-C or SIGTERM",
                  "; ".join(f"{name} ({describe_schedule(self.settings(name))})" for name in self.sources))
+
+    def start_watchers(self) -> list[threading.Thread]:
+        """A thread running :meth:`Source.watch` for each source whose type can watch (IMAP IDLE)."""
+        threads = []
+        for name in self.sources:
+            source_type = self.app.source_configs[name][0]
+            if getattr(source_type, "watch", Source.watch) is Source.watch:
+                continue
+            thread = threading.Thread(target=self._watch, args=(name, self.app.source(name)), name=f"watch {name}",
+                                      daemon=True)
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _watch(self, name: str, source: Source) -> None:
+        try:
+            source.watch(lambda: self.wake(name))
+        except Exception:  # a watcher's bug must not stop the scheduled polls
+            log.exception("watching %s failed; it is polled on its schedule", name)
+
+    def wake(self, name: str) -> None:
+        """Poll ``name`` now; if its poll is running, once more right after it (new mail may be missed by it)."""
+        with self._lock:
+            if name in self._running:
+                self._woken.add(name)
+                return
+        job = self.scheduler.get_job(name)
+        if job is not None and not self.app.context.stop.is_set():
+            job.modify(next_run_time=datetime.now(self.scheduler.timezone))
 
     def poll_once(self, name: str) -> PollReport | None:
         """The job: one poll of one source. Never raises, so one source cannot disturb another."""
         if self.app.context.stop.is_set():
             return None  # a tick that fired while we were stopping
+        with self._lock:
+            self._running.add(name)
+            self._woken.discard(name)
         try:
             report = self.app.poll(name)  # App.poll logs report.line()
         except Exception:  # App.poll reports mail and server problems itself; this is a bug guard
             log.exception("poll of %s raised; it will be retried on its schedule", name)
             return None
+        finally:
+            with self._lock:
+                self._running.discard(name)
+                again = name in self._woken
+            if again:
+                self.wake(name)
         with self._lock:
             self.reports[name] = report
         self.login_delays.after_poll(name, self.settings(name))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian 12 machine (run as root, as CI does):
 #
-#   1. system packages: dovecot-pop3d and clamav-daemon (the tests start PRIVATE instances of both,
+#   1. system packages: dovecot-pop3d, dovecot-imapd and clamav-daemon (the tests start PRIVATE instances,
 #      with their own configs and ports), clamav, openssl, chromium (headless: the status page test);
 #      python3-venv if the venv needs it.
 #      They are installed without starting the distribution's services, and those services are
@@ -19,7 +19,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-APT_PACKAGES=(dovecot-pop3d clamav-daemon clamav openssl chromium fonts-dejavu-core)
+APT_PACKAGES=(dovecot-pop3d dovecot-imapd clamav-daemon clamav openssl chromium fonts-dejavu-core)
 SYSTEM_SERVICES=(dovecot clamav-daemon clamav-freshclam)
 POLICY_RC=/usr/sbin/policy-rc.d
 POPA3D_CACHE=${POPA3D_CACHE:-/var/cache/popflow-test}

@@ -1,14 +1,15 @@
 """What a source type provides: a session that lists, retrieves and deletes messages.
 
 The poller drives a :class:`SourceSession` in this order: ``list_messages`` →
-``retrieve_many`` → (deliver, record in the ledger) → ``delete`` → ``close(commit=True)``.
+``retrieve_many`` → (deliver, record in the ledger) → ``delete`` (or ``keep``, with
+``keep_on_server``) → ``close(commit=True)``.
 A POP3 server expunges deleted messages only at QUIT, which ``close(commit=True)`` sends;
 ``close(commit=False)`` drops the connection so nothing is expunged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -93,6 +94,14 @@ class SourceSession:
         """
         raise NotImplementedError
 
+    def keep(self, listings: Iterable[Listing]) -> None:
+        """With ``keep_on_server``: these messages were just handled and stay on the server.
+
+        Called once the ledger has recorded them (never for a message that is not handled). A
+        session may mark them on the server, e.g. IMAP's ``after: seen`` sets ``\\Seen``; the ledger,
+        not the mark, is what keeps them from being fetched again. Default: nothing.
+        """
+
     def close(self, commit: bool = True) -> None:
         """End the session: with ``commit`` send QUIT so deletions apply, else just disconnect."""
         raise NotImplementedError
@@ -122,6 +131,15 @@ class Source:
     def describe(self) -> str:
         """One line for ``popflow check``; never includes secrets."""
         return type(self).__name__
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Wait for new mail and call ``wake()`` when some may have arrived; return once ``context.stop`` is set.
+
+        ``popflow run`` calls this in a thread of its own for each source whose type overrides it;
+        every ``wake()`` polls the source as soon as possible (right after its running poll, if one
+        runs), besides its regular schedule. The IMAP source IDLEs here. Default: returns at once,
+        the source is polled on its schedule only.
+        """
 
     def mailbox_identity(self) -> str:
         """What mailbox this source reads, e.g. ``pop3://user@host:995``; never includes secrets.

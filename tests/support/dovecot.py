@@ -19,7 +19,8 @@ Fixtures:
 * ``dovecot`` (function scope): the same server with an empty mailbox (``reset()`` before the test).
 
 :class:`DovecotServer` attributes: ``host`` (``127.0.0.1``), ``port`` (plain POP3, offers STLS),
-``tls_port`` (implicit TLS, POP3S), ``ca_file`` (the ``trustme`` CA that signed the server
+``tls_port`` (implicit TLS, POP3S), ``imap_port`` / ``imaps_port`` (IMAP with STARTTLS / implicit TLS,
+for plugins/popflow-imap), ``ca_file`` (the ``trustme`` CA that signed the server
 certificate for ``127.0.0.1`` and ``localhost``), ``username``, ``password``, ``oauth2_token`` (a
 bearer token the server accepts through SASL XOAUTH2/OAUTHBEARER, checked against a local
 introspection endpoint), ``maildir`` (the user's Maildir), ``log_path``.
@@ -138,6 +139,10 @@ class DovecotServer:
     log_path: Path
     uid: int
     gid: int
+    imap_port: int = 0
+    """Plain IMAP (offers STARTTLS); needs Debian's ``dovecot-imapd``."""
+    imaps_port: int = 0
+    """IMAP over implicit TLS."""
     _http: ThreadingHTTPServer | None = field(default=None, repr=False)
     _delivered: list[str] = field(default_factory=list, repr=False)
 
@@ -225,7 +230,7 @@ class DovecotServer:
 
 
 def _write_config(root: Path, *, port: int, tls_port: int, http_port: int, user: pwd.struct_passwd,
-                  username: str, password: str, extra_config: str = "") -> Path:
+                  username: str, password: str, imap_port: int, imaps_port: int, extra_config: str = "") -> Path:
     import grp
 
     etc = root / "etc"
@@ -254,7 +259,7 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = pop3
+protocols = pop3 imap
 listen = 127.0.0.1
 shutdown_clients = yes
 first_valid_uid = 1
@@ -289,6 +294,18 @@ pop3_uidl_format = %08Xu%08Xv
 service anvil {{
   unix_listener anvil-auth-penalty {{
     mode = 0
+  }}
+}}
+
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
   }}
 }}
 
@@ -349,12 +366,14 @@ def start_dovecot(username: str = "popflow", password: str | None = None, extra_
         os.chown(path, user.pw_uid, user.pw_gid)
         path.chmod(0o755 if path == root / "mail" else 0o700)
 
-    port, tls_port = free_port(), free_port()
+    port, tls_port, imap_port, imaps_port = free_port(), free_port(), free_port(), free_port()
     conf = _write_config(root, port=port, tls_port=tls_port, http_port=http.server_address[1], user=user,
-                         username=username, password=password, extra_config=extra_config)
+                         username=username, password=password, imap_port=imap_port, imaps_port=imaps_port,
+                         extra_config=extra_config)
     server = DovecotServer(root=root, host="127.0.0.1", port=port, tls_port=tls_port, ca_file=ca_file,
                            username=username, password=password, oauth2_token=token, maildir=maildir,
-                           log_path=root / "dovecot.log", uid=user.pw_uid, gid=user.pw_gid, _http=http)
+                           log_path=root / "dovecot.log", uid=user.pw_uid, gid=user.pw_gid, _http=http,
+                           imap_port=imap_port, imaps_port=imaps_port)
     # The master daemonizes and its children inherit our stdio: never capture through pipes.
     startup_log = root / "startup.log"
     with open(startup_log, "wb") as out:
@@ -366,7 +385,7 @@ def start_dovecot(username: str = "popflow", password: str | None = None, extra_
         raise DovecotUnavailable(f"dovecot exited {code}: {output}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if server.master_pid() is not None and _accepts(port) and _accepts(tls_port):
+        if server.master_pid() is not None and all(_accepts(p) for p in (port, tls_port, imap_port, imaps_port)):
             return server
         time.sleep(0.05)
     log_tail = server.log()[-2000:]
