@@ -20,8 +20,8 @@ from popflow.parsing.defects import finish_defects
 from popflow.parsing.encoded_words import decode_words
 from popflow.parsing.headers import header_text, sanitize
 from popflow.parsing.mime import Part, walk
-from popflow.parsing.part_content import PartRange, chunk_loader, cr_to_lf, measure
-from popflow.parsing.transfer import CHUNK, is_readable_encoding, transfer_decode
+from popflow.parsing.part_content import PartRange, chunk_loader, cr_to_lf, measure, slices
+from popflow.parsing.transfer import is_readable_encoding, transfer_decode
 from popflow.raw import RawMessage
 from popflow.safenames import safe_filename
 
@@ -137,8 +137,7 @@ def _attachment(part: Part, where: PartRange, data: bytes, raw_name: str | None,
     content_id = None
     if raw_id is not None:
         content_id = header_text(raw_id, "Content-ID", "latin-1", defects, words=False).strip("<> \t") or None
-    pieces = (bytes(data[offset:min(offset + CHUNK, part.end)]) for offset in range(part.start, part.end, CHUNK))
-    size, sha256, streamable = measure(where, pieces, defects)
+    size, sha256, streamable = measure(where, slices(data, part.start, part.end), defects)
     attachment = Attachment(
         filename=safe_filename(original, fallback),
         original_filename=original,

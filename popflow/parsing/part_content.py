@@ -38,7 +38,7 @@ class PartRange:
         """The encoded bytes, :data:`CHUNK` at a time, read from memory or the spool file."""
         if self.converted:
             data = cr_to_lf(self.raw.read())
-            yield from _slices(data, self.start, self.end)
+            yield from slices(data, self.start, self.end)
         elif self.raw.spooled:
             with self.raw.open() as handle:
                 handle.seek(self.start)
@@ -50,14 +50,15 @@ class PartRange:
                     left -= len(piece)
                     yield piece
         else:
-            yield from _slices(self.raw.read(), self.start, self.end)
+            yield from slices(self.raw.read(), self.start, self.end)
 
     def decoded_whole(self, defects: list[str]) -> bytes:
         """The decoded bytes in one piece (the encodings that cannot be streamed)."""
         return transfer_decode(b"".join(self.encoded_pieces()), self.encoding, self.where, defects)
 
 
-def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
+def slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """``data[start:end]`` (bytes or an mmap) as :data:`CHUNK`-sized copies."""
     view = memoryview(data)
     for offset in range(start, end, CHUNK):
         yield bytes(view[offset:min(offset + CHUNK, end)])

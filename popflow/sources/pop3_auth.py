@@ -179,7 +179,7 @@ def auth_xoauth2(wire: Pop3Wire, request: AuthRequest) -> None:
     wire.send_line(initial)
     response = wire.read_response()
     if response.continuation:
-        detail = request.scrub(_decode_challenge(request.scrub(response.text)))
+        detail = request.scrub(decode_challenge(request.scrub(response.text)))
         wire.send_line(b"")
         final = wire.read_response()
         server = request.scrub(final.text) if not final.ok else ""
@@ -190,9 +190,10 @@ def auth_xoauth2(wire: Pop3Wire, request: AuthRequest) -> None:
         raise refusal(request, response, "login (AUTH XOAUTH2)")
 
 
-def _decode_challenge(text: str) -> str:
+def decode_challenge(text: str) -> str:
+    """A server's base64 XOAUTH2 error challenge as short, readable text (JSON keys sorted)."""
     try:
-        decoded = base64.b64decode(text, validate=True).decode("utf-8")
+        decoded = base64.b64decode(text.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return f"undecodable challenge {text[:100]!r}"
     try:

@@ -7,11 +7,9 @@ fetched lazily, registered with :mod:`popflow.redact`, scrubbed from every serve
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 
 from popflow.errors import AuthenticationError, SourceFatalError
-from popflow.sources.pop3_auth import AuthRequest, xoauth2_initial_response
+from popflow.sources.pop3_auth import AuthRequest, decode_challenge, xoauth2_initial_response
 from popflow_imap.wire import ImapWire, Reply, quote
 
 
@@ -72,7 +70,7 @@ def _sasl(wire: ImapWire, request: AuthRequest, name: str, response: bytes,
     reply = _until_tagged_or_continuation(wire, tag)
     if reply.tag == "+":
         # A rejected token: the server explains in a base64 JSON challenge; an empty answer ends it.
-        detail = request.scrub(_decode_challenge(request.scrub(reply.text)))
+        detail = request.scrub(decode_challenge(request.scrub(reply.text)))
         wire.send_line(b"")
         final = _until_tagged_or_continuation(wire, tag)
         if final.tag == "+":
@@ -110,13 +108,3 @@ def _refusal(request: AuthRequest, reply: Reply, what: str) -> Exception:
         return SourceFatalError(f"{request.label}: the server failed during login ([{code}] {text})")
     return AuthenticationError(f"{request.label}: {what} refused: {text or 'no reason given'}")
 
-
-def _decode_challenge(text: str) -> str:
-    try:
-        decoded = base64.b64decode(text.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return f"undecodable challenge {text[:100]!r}"
-    try:
-        return json.dumps(json.loads(decoded), sort_keys=True)
-    except ValueError:
-        return decoded[:200]
