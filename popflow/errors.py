@@ -15,6 +15,8 @@ locked maildrop, a dropped connection); other sources are not affected.
 
 from __future__ import annotations
 
+from popflow.redact import redact
+
 
 class PopflowError(Exception):
     """Base class of every error popflow raises on purpose."""
@@ -95,8 +97,13 @@ class AuthenticationError(SourceFatalError):
 
 
 def describe_error(error: BaseException) -> str:
-    """One line: the error class and message (never a traceback)."""
+    """One line: the error class and message (never a traceback), with every registered secret masked.
+
+    This is the text that lands in ``popflow_runs.error``, dead-letter records and the ops page, so it is
+    scrubbed here rather than by each caller (an exception's text may quote what a server echoed).
+    """
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = redact(text)
     if isinstance(error, PopflowError):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

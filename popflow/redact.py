@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -25,6 +26,8 @@ MASK = "***"
 MIN_SECRET = 4
 """Shorter values are not registered: replacing e.g. ``"1"`` everywhere would garble every line,
 and such a value is no meaningful secret."""
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _forms: set[str] = set()
@@ -50,6 +53,8 @@ def register_secret(secret: str | bytes | None) -> None:
     if isinstance(secret, bytes):
         secret = secret.decode("utf-8", "replace")
     if len(secret) < MIN_SECRET:
+        if secret:  # said once per value, without the value: the operator can choose a longer one
+            _warn_short_secret(len(secret))
         return
     global _ordered
     new = secret_forms(secret) - _forms
@@ -58,6 +63,16 @@ def register_secret(secret: str | bytes | None) -> None:
     with _lock:
         _forms.update(new)
         _ordered = tuple(sorted(_forms, key=len, reverse=True))
+
+
+_short_warned: set[int] = set()
+
+
+def _warn_short_secret(length: int) -> None:
+    if length not in _short_warned:
+        _short_warned.add(length)
+        log.warning("a configured secret is only %d character(s) long: popflow masks secrets of at least %d "
+                    "characters in log lines and error text, so use a longer one", length, MIN_SECRET)
 
 
 def register_secrets(secrets: Iterable[str | bytes | None]) -> None:
@@ -174,3 +189,4 @@ def _clear_for_tests() -> None:
     with _lock:
         _forms.clear()
         _ordered = ()
+    _short_warned.clear()

@@ -185,3 +185,31 @@ def test_failing_token_command_shows_no_expanded_secret(tmp_path: Path) -> None:
         assert "cannot run sources.argv.oauth2_token_command" in output
     assert len(run_errors(tmp_path)) == 2
     assert_nowhere(forms(CLIENT_SECRET), results, tmp_path)
+
+
+def test_error_text_is_scrubbed_where_it_is_described() -> None:
+    """popflow_runs.error, dead-letter records and `check` get their text from describe_error."""
+    from popflow.errors import SourceFatalError, describe_error
+    from popflow.redact import _clear_for_tests, register_secret
+
+    secret = "Er-4e1d77-DISTINCTIVE"
+    register_secret(secret)
+    try:
+        encoded = base64.b64encode(secret.encode()).decode()
+        text = describe_error(SourceFatalError(f"server said: -ERR bad {secret} / {encoded}"))
+        assert secret not in text
+        assert encoded not in text
+        assert text == "server said: -ERR bad *** / ***"
+    finally:
+        _clear_for_tests()
+
+
+def test_a_secret_too_short_to_mask_is_reported_without_its_value(caplog: pytest.LogCaptureFixture) -> None:
+    from popflow.redact import _clear_for_tests, register_secret
+
+    _clear_for_tests()
+    with caplog.at_level("WARNING", logger="popflow.redact"):
+        register_secret("q7z")
+    warnings = [record.getMessage() for record in caplog.records]
+    assert any("only 3 character(s) long" in message for message in warnings)
+    assert not any("q7z" in message for message in warnings)
