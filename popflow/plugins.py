@@ -29,15 +29,17 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "popflow"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "popflow.parser",
-    "popflow.stages.rules:ConfigRules",
-    "popflow.sources.pop3",
-    "popflow.sinks.folder",
-    "popflow.sinks.database",
-    "popflow.sinks.webhook",
-)
-"""Built-in plugins: ``module`` or ``module:Class`` (a class is instantiated once per manager)."""
+DEFAULT_PLUGINS: dict[str, str] = {
+    "popflow.parser": "popflow.parsing.parser",
+    "popflow.stages.rules": "popflow.rules.config_rules:ConfigRules",
+    "popflow.sources.pop3": "popflow.sources.pop3",
+    "popflow.sinks.folder": "popflow.sinks.folder",
+    "popflow.sinks.database": "popflow.sinks.database",
+    "popflow.sinks.webhook": "popflow.sinks.webhook",
+}
+"""Built-in plugins by the name they are registered under (stable: ``popflow plugins`` shows it,
+tests and plugins may ``pm.unregister(name=...)``): ``module`` or ``module:Class`` (a class is
+instantiated once per manager)."""
 
 
 @dataclass
@@ -181,12 +183,12 @@ def make_plugin_manager(
     No import-time side effects: every call returns a fresh, independent manager.
     """
     pm = PopflowPluginManager()
-    for spec in DEFAULT_PLUGINS:
+    for name, spec in DEFAULT_PLUGINS.items():
         try:
             plugin = _load_object(spec)
         except Exception as exc:
             raise PluginLoadError(spec, f"{type(exc).__name__}: {exc}") from exc
-        _register(pm, plugin, spec.split(":")[0])
+        _register(pm, plugin, name)
     if load_entry_points:
         load_entry_point_plugins(pm, _env_plugin_selection())
     for directory in plugins_dirs:
@@ -214,6 +216,6 @@ def describe_plugins(pm: PopflowPluginManager) -> list[dict[str, Any]]:
         if plugin is None:
             continue
         module = getattr(plugin, "__name__", None) or type(plugin).__module__
-        builtin = any(name == spec.split(":")[0] for spec in DEFAULT_PLUGINS)
+        builtin = name in DEFAULT_PLUGINS
         rows.append({"name": name, "module": module, "builtin": builtin, "hooks": hooks_of(pm, plugin)})
     return sorted(rows, key=lambda row: (not row["builtin"], row["name"]))

@@ -232,7 +232,3 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     console.print(table)
     console.print(shown(f"source types: {', '.join(sorted(pm.registry.sources))}; "
                         f"sink types: {', '.join(sorted(pm.registry.sinks))}"), highlight=False)
-
-
-# The other commands live in their own modules and register themselves on ``main``.
-from popflow import cli_check, cli_ops, cli_run, cli_stored, cli_worker  # noqa: E402,F401

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from popflow.cli import config_option, console, fail, load_app, main
+from popflow.cli.common import config_option, console, fail, load_app, main
 from popflow.terminal import shown
 
 
@@ -66,7 +66,7 @@ def schema(ctx: click.Context) -> None:
     It covers the source and sink types and plugin options of every plugin installed (and of
     --plugins-dir folders).
     """
-    from popflow.cli import user_errors
+    from popflow.cli.common import user_errors
     from popflow.ops.schema import config_schema
     from popflow.plugins import make_plugin_manager
 

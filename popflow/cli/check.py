@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from popflow.app import App
-from popflow.cli import config_option, console, load_app, main
+from popflow.cli.common import config_option, console, load_app, main
 from popflow.pipeline import describe_error
 from popflow.terminal import shown
 

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from popflow.app import App
-from popflow.cli import config_option, fail, load_app, main, prepare_data_dir, user_errors
+from popflow.cli.common import config_option, fail, load_app, main, prepare_data_dir, user_errors
 from popflow.processes import this_host
 from popflow.redact import display_url
 

@@ -16,7 +16,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from popflow.cli import config_option, console, fail, load_app, main, prepare_data_dir
+from popflow.cli.common import config_option, console, fail, load_app, main, prepare_data_dir
 from popflow.logs import setup_logging
 from popflow.terminal import printable
 
@@ -60,7 +60,7 @@ def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -
     prepare_data_dir(app)
     _ = app.state  # open the ledger once, here, before the poll threads share it
     if app.config.executor.type == "celery":  # schedule and enqueue only; `popflow worker`s poll
-        from popflow.cli_worker import dispatch_until_signal
+        from popflow.cli.worker import dispatch_until_signal
 
         dispatch_until_signal(app, names)
         return

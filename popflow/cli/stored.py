@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from popflow.app import App
-from popflow.cli import config_option, console, fail, load_app, main
+from popflow.cli.common import config_option, console, fail, load_app, main
 from popflow.replay import ReplayResult, purge, release_quarantined, replay_dead_letters
 from popflow.terminal import shown
 
