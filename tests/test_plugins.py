@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,52 @@ def test_duplicate_sink_type_is_an_error(tmp_path: Path) -> None:
         "@hookimpl\ndef popflow_register_sinks(register):\n    register('folder', Other)\n")
     with pytest.raises(PluginLoadError, match="already registered"):
         make_plugin_manager(plugins_dirs=[tmp_path], load_entry_points=False)
+
+
+def _lazy_sink_plugin(tmp_path: Path, path: str) -> Path:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "lazy.py").write_text(
+        f"from popflow import hookimpl\n\n@hookimpl\ndef popflow_register_sinks(register):\n"
+        f"    register('lazy', {path!r})\n")
+    return plugins
+
+
+def test_a_type_registered_by_path_is_imported_on_first_use(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazy_sink_module.py").write_text(
+        "from popflow.sinks.base import Sink\n\nclass LazySink(Sink):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lazy_sink_module", raising=False)
+    pm = make_plugin_manager(plugins_dirs=[_lazy_sink_plugin(tmp_path, "lazy_sink_module:LazySink")],
+                             load_entry_points=False)
+    assert "lazy" in pm.registry.sinks
+    assert "lazy_sink_module" not in sys.modules
+    cls = pm.registry.sink_type("lazy")
+    assert cls.__name__ == "LazySink"
+    assert "lazy_sink_module" in sys.modules
+    assert pm.registry.sink_type("lazy") is cls  # resolved once
+
+
+def test_a_type_path_that_does_not_import_names_the_type(tmp_path: Path) -> None:
+    pm = make_plugin_manager(plugins_dirs=[_lazy_sink_plugin(tmp_path, "no_such_module_here:Sink")],
+                             load_entry_points=False)
+    with pytest.raises(PluginLoadError, match="sink type 'lazy'") as caught:
+        pm.registry.sink_type("lazy")
+    assert "no_such_module_here:Sink" in str(caught.value)
+
+
+def test_a_type_path_without_a_class_name_is_refused_at_startup(tmp_path: Path) -> None:
+    with pytest.raises(PluginLoadError, match="module:Class"):
+        make_plugin_manager(plugins_dirs=[_lazy_sink_plugin(tmp_path, "popflow.sinks.folder")],
+                            load_entry_points=False)
+
+
+def test_registering_a_builtin_class_again_by_class_is_no_conflict(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "again.py").write_text(
+        "from popflow import hookimpl\nfrom popflow.sinks.folder import FolderSink\n\n"
+        "@hookimpl\ndef popflow_register_sinks(register):\n    register('folder', FolderSink)\n")
+    pm = make_plugin_manager(plugins_dirs=[plugins], load_entry_points=False)
+    assert pm.registry.sink_type("folder").__module__ == "popflow.sinks.folder"

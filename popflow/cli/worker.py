@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import click
 
 from popflow.app import App
-from popflow.cli.common import config_option, fail, load_app, main, prepare_data_dir, user_errors
+from popflow.cli.common import config_option, fail, open_app, prepare_data_dir, stop_on_signals, user_errors
 from popflow.processes import this_host
 from popflow.redact import display_url
 
 log = logging.getLogger("popflow.worker")
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--concurrency", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="polls this worker runs at once (threads)")
@@ -36,63 +33,54 @@ log = logging.getLogger("popflow.worker")
 @click.pass_context
 def worker(ctx: click.Context, config_path: Path | None, concurrency: int, node_name: str | None) -> None:
     """Run poll tasks from the broker (config ``executor: {type: celery, broker: ...}``) until SIGTERM."""
-    app = load_app(ctx, config_path)
-    settings = app.config.executor
-    if settings.type != "celery":
-        app.close()
-        fail(f"{app.file}: `popflow worker` needs `executor: {{type: celery, broker: ...}}` in the config; "
-             "with the default local executor, `popflow run` polls by itself")
-    prepare_data_dir(app)
-    from celery import signals
+    with open_app(ctx, config_path) as app:
+        settings = app.config.executor
+        if settings.type != "celery":
+            fail(f"{app.file}: `popflow worker` needs `executor: {{type: celery, broker: ...}}` in the config; "
+                 "with the default local executor, `popflow run` polls by itself")
+        prepare_data_dir(app)
+        # Imported here, not at the top: every other command starts without Celery.
+        from popflow.executors.celery_app import make_celery, on_worker_shutdown
 
-    from popflow.executors.celery_app import make_celery
+        with user_errors():
+            celery = make_celery(settings, app)
 
-    with user_errors():
-        celery = make_celery(settings, app)
+        def on_shutdown() -> None:
+            log.info("popflow worker: stopping; running polls finish the message in hand, then QUIT")
+            app.context.stop.set()
 
-    def on_shutdown(**_kwargs: Any) -> None:
-        log.info("popflow worker: stopping; running polls finish the message in hand, then QUIT")
-        app.context.stop.set()
-
-    signals.worker_shutting_down.connect(on_shutdown, weak=False)
-    for chatty in ("celery.worker.strategy", "celery.app.trace", "celery.worker.consumer"):
-        # One line per poll is popflow's own summary; Celery's "received"/"succeeded" lines add nothing.
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    hostname = node_name or f"popflow@{this_host()}:{os.getpid()}"
-    level = logging.getLevelName(logging.getLogger().level)
-    worker_process = celery.Worker(
-        hostname=hostname, pool="threads", concurrency=concurrency, queues=[settings.queue],
-        loglevel=level, quiet=True, without_gossip=True, without_mingle=True,
-        optimization="fair",  # hand a task to a thread only when it is free (with prefetch 1)
-    )
-    log.info("popflow worker %s: %d thread(s) on queue %s", hostname, concurrency, settings.queue)
-    try:
+        on_worker_shutdown(on_shutdown)
+        for chatty in ("celery.worker.strategy", "celery.app.trace", "celery.worker.consumer"):
+            # One line per poll is popflow's own summary; Celery's "received"/"succeeded" lines add nothing.
+            logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+        hostname = node_name or f"popflow@{this_host()}:{os.getpid()}"
+        level = logging.getLevelName(logging.getLogger().level)
+        worker_process = celery.Worker(
+            hostname=hostname, pool="threads", concurrency=concurrency, queues=[settings.queue],
+            loglevel=level, quiet=True, without_gossip=True, without_mingle=True,
+            optimization="fair",  # hand a task to a thread only when it is free (with prefetch 1)
+        )
+        log.info("popflow worker %s: %d thread(s) on queue %s", hostname, concurrency, settings.queue)
         worker_process.start()
-    finally:
-        app.close()
     code = int(getattr(worker_process, "exitcode", 0) or 0)
     log.info("popflow worker %s: stopped (exit %d)", hostname, code)
     sys.exit(code)
 
 
 def dispatch_until_signal(app: App, names: list[str]) -> None:
-    """``popflow run`` with ``executor: celery``: enqueue poll tasks on schedule until SIGINT/SIGTERM."""
+    """``popflow run`` with ``executor: celery``: enqueue poll tasks on schedule until SIGINT/SIGTERM.
+
+    ``app`` stays open: the caller's :func:`~popflow.cli.common.open_app` closes it."""
     from popflow.executors.dispatcher import Dispatcher
 
     with user_errors():
         dispatcher = Dispatcher(app, names, sources=getattr(app, "refresh_sources", None))
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping the scheduler (running polls go on on their workers)", signal.Signals(signum).name)
-        dispatcher.stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     log.info("popflow run: scheduling %d source(s) onto queue %s at %s; stop with Ctrl-C or SIGTERM", len(names),
              app.config.executor.queue, display_url(app.config.executor.broker or ""))
-    try:
+    with stop_on_signals(dispatcher.stop.set, "stopping the scheduler (running polls go on on their workers)"):
         dispatcher.run()
-    finally:
-        app.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     log.info("popflow run: stopped after enqueuing %d poll(s)", dispatcher.enqueued)
+
+
+COMMANDS = [worker]
