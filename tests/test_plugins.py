@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import subprocess
 import sys
 from pathlib import Path
 
@@ -145,3 +146,44 @@ def test_registering_a_builtin_class_again_by_class_is_no_conflict(tmp_path: Pat
         "@hookimpl\ndef popflow_register_sinks(register):\n    register('folder', FolderSink)\n")
     pm = make_plugin_manager(plugins_dirs=[plugins], load_entry_points=False)
     assert pm.registry.sink_type("folder").__module__ == "popflow.sinks.folder"
+
+
+def test_plugin_authors_import_the_public_names_from_the_root() -> None:
+    import popflow
+    from popflow import (  # the names docs/plugins.md promises
+        ConfigError,
+        DeadLetterError,
+        DeferMessage,
+        Message,
+        RetryableError,
+        Sink,
+        SinkSettings,
+        Source,
+        SourceSettings,
+        hookimpl,
+    )
+    from popflow.config import SinkSettings as DeepSinkSettings
+    from popflow.errors import DeadLetterError as DeepDeadLetterError
+    from popflow.sinks.base import Sink as DeepSink
+
+    assert Sink is DeepSink
+    assert SinkSettings is DeepSinkSettings
+    assert DeadLetterError is DeepDeadLetterError
+    assert issubclass(RetryableError, popflow.DeliveryError) and issubclass(DeferMessage, popflow.DeliveryError)
+    assert {Message.__module__, Source.__module__, SourceSettings.__module__, ConfigError.__module__} == {
+        "popflow.message", "popflow.sources.base", "popflow.config", "popflow.errors"}
+    assert hookimpl is hookspecs.hookimpl
+    assert set(popflow.__all__) == {"__version__", *popflow._EXPORTS}
+    for name in popflow.__all__:
+        assert getattr(popflow, name) is not None
+        assert name in dir(popflow)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        _ = popflow.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_import_popflow_loads_no_model_until_a_name_is_used() -> None:
+    code = ("import sys, popflow; before = {m for m in sys.modules if m.startswith(('popflow.', 'pydantic'))}; "
+            "popflow.Sink; print(sorted(before), 'popflow.sinks.base' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] True"
