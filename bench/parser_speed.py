@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from popflow.parser import parse_message
+from popflow.parsing.parser import parse_message
 from popflow.raw import RawMessage
 
 

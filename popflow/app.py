@@ -20,12 +20,12 @@ from popflow.plugins import PopflowPluginManager, make_plugin_manager
 from popflow.poller import Poller, PollReport, ProgressCallback
 from popflow.private import mkdirs_private
 from popflow.raw_copies import StateRawStore
+from popflow.raw_store import MessageStore
 from popflow.redact import option_secrets, register_secrets, url_secrets
 from popflow.sinks.base import Sink
 from popflow.sources.base import Source
 from popflow.spool import clean_spool
 from popflow.state import StateStore
-from popflow.store import MessageStore
 
 log = logging.getLogger(__name__)
 

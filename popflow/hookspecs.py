@@ -33,20 +33,24 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def popflow_register_sources(register: Callable[[str, type], None]) -> None:
+def popflow_register_sources(register: Callable[[str, type | str], None]) -> None:
     """Add source types by name: ``register("pop3", Pop3Source)``.
 
     The class must subclass :class:`popflow.sources.base.Source` and name its options model in
-    ``config_model``. A name registered twice is an error at startup.
+    ``config_model``. A name registered twice (to another class) is an error at startup.
+    Give the class as ``"module:Class"`` (``register("imap", "popflow_imap.source:ImapSource")``)
+    and its module is imported only when a config uses the type.
     """
 
 
 @hookspec
-def popflow_register_sinks(register: Callable[[str, type], None]) -> None:
+def popflow_register_sinks(register: Callable[[str, type | str], None]) -> None:
     """Add sink types by name: ``register("folder", FolderSink)``.
 
     The class must subclass :class:`popflow.sinks.base.Sink` and name its options model in
-    ``config_model``. A name registered twice is an error at startup.
+    ``config_model``. A name registered twice (to another class) is an error at startup.
+    Give the class as ``"module:Class"`` (``register("webhook", "popflow.sinks.webhook:WebhookSink")``)
+    and its module is imported only when a config uses the type.
     """
 
 

@@ -17,8 +17,8 @@ from popflow.message import Message
 from popflow.outcome import Outcome, Routed
 from popflow.plugins import PopflowPluginManager
 from popflow.raw import RawMessage
+from popflow.raw_store import MessageStore
 from popflow.state import StateStore
-from popflow.store import MessageStore
 from popflow.verdicts import FilterDecision, ScanVerdict
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
 """The plugin manager: built-in plugins, entry points, ``--plugins-dir`` files, and the type registry.
 
-Built-in stages and sinks are ordinary plugins listed in :data:`DEFAULT_PLUGINS` and registered the
-same way a third-party one is. ``POPFLOW_LOAD_PLUGINS`` limits which *installed* (entry-point)
-plugins load: empty loads none, ``a,b`` loads only those.
+Built-in stages, sources and sinks are ordinary plugins listed in :data:`DEFAULT_PLUGINS` and
+:data:`BUILTIN_TYPES` and registered the same way a third-party one is; a source or sink type may be
+registered as ``"module:Class"`` and is imported only when a config uses it.
+``POPFLOW_LOAD_PLUGINS`` limits which *installed* (entry-point) plugins load: empty loads none,
+``a,b`` loads only those.
 """
 
 from __future__ import annotations
@@ -24,37 +26,52 @@ import pluggy
 from popflow import hookspecs
 from popflow.errors import ConfigError, PluginLoadError
 from popflow.hookcall import name_failures
+from popflow.hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "popflow"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "popflow.parser",
-    "popflow.stages.rules:ConfigRules",
-    "popflow.sources.pop3",
-    "popflow.sinks.folder",
-    "popflow.sinks.database",
-    "popflow.sinks.webhook",
-)
-"""Built-in plugins: ``module`` or ``module:Class`` (a class is instantiated once per manager)."""
+DEFAULT_PLUGINS: dict[str, str] = {
+    "popflow.parser": "popflow.parsing.parser",
+    "popflow.stages.rules": "popflow.rules.config_rules:ConfigRules",
+}
+"""Built-in stage plugins by the name they are registered under (stable: ``popflow plugins`` shows
+it, tests and plugins may ``pm.unregister(name=...)``): ``module`` or ``module:Class`` (a class is
+instantiated once per manager). The built-in source and sink types are in :data:`BUILTIN_TYPES`."""
+
+
+TypeRef = type | str
+"""A registered source or sink type: the class, or ``"module:Class"`` to import at first use."""
+
+
+def type_path(ref: TypeRef) -> str:
+    """``"module:Class"`` for a class or a lazy reference."""
+    return ref if isinstance(ref, str) else f"{ref.__module__}:{ref.__qualname__}"
 
 
 @dataclass
 class Registry:
-    """Source and sink types by name, filled through the ``popflow_register_*`` hooks."""
+    """Source and sink types by name, filled through the ``popflow_register_*`` hooks.
 
-    sources: dict[str, type] = field(default_factory=dict)
-    sinks: dict[str, type] = field(default_factory=dict)
+    A type may be registered as ``"module:Class"``: its module is imported the first time the
+    type is looked up, so a config without a webhook sink never imports the HTTP client.
+    """
 
-    def _adder(self, table: dict[str, type], kind: str) -> Callable[[str, type], None]:
-        def register(name: str, cls: type) -> None:
-            if name in table and table[name] is not cls:
+    sources: dict[str, TypeRef] = field(default_factory=dict)
+    sinks: dict[str, TypeRef] = field(default_factory=dict)
+
+    def _adder(self, table: dict[str, TypeRef], kind: str) -> Callable[[str, TypeRef], None]:
+        def register(name: str, cls: TypeRef) -> None:
+            if isinstance(cls, str) and ":" not in cls:
+                raise PluginLoadError(cls, f"{kind} type {name!r}: a lazy type is written 'module:Class'")
+            if name in table and type_path(table[name]) != type_path(cls):
                 raise PluginLoadError(
-                    f"{cls.__module__}.{cls.__qualname__}",
-                    f"{kind} type {name!r} is already registered by {table[name].__module__}",
+                    type_path(cls).replace(":", "."),
+                    f"{kind} type {name!r} is already registered by {type_path(table[name]).split(':')[0]}",
                 )
-            table[name] = cls
+            if name not in table or isinstance(table[name], str):
+                table[name] = cls
 
         return register
 
@@ -66,12 +83,72 @@ class Registry:
         """The class of a sink type, or a ConfigError listing the known types."""
         return self._lookup(self.sinks, name, "sink")
 
+    def source_types(self) -> dict[str, type]:
+        """Every source type, imported (for the config schema)."""
+        return {name: self.source_type(name) for name in self.sources}
+
+    def sink_types(self) -> dict[str, type]:
+        """Every sink type, imported (for the config schema)."""
+        return {name: self.sink_type(name) for name in self.sinks}
+
     @staticmethod
-    def _lookup(table: dict[str, type], name: str, kind: str) -> type:
+    def _lookup(table: dict[str, TypeRef], name: str, kind: str) -> type:
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
             raise ConfigError(f"unknown {kind} type {name!r} (known: {known})")
-        return table[name]
+        found = table[name]
+        if isinstance(found, str):
+            found = table[name] = _import_type(found, kind, name)
+        return found
+
+
+def _import_type(path: str, kind: str, name: str) -> type:
+    module_name, _, attr = path.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # not installed, a typo, an error in the module: name the type and the path
+        raise PluginLoadError(path, f"{kind} type {name!r}: {type(exc).__name__}: {exc}") from exc
+    if not inspect.isclass(found):
+        raise PluginLoadError(path, f"{kind} type {name!r}: {attr} is not a class")
+    return found
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """One of popflow's own source types, registered by path: its module is imported only when
+    a config uses the type."""
+
+    type_name: str
+    path: str
+
+    @hookimpl
+    def popflow_register_sources(self, register: Callable[[str, TypeRef], None]) -> None:
+        """Register the type by its ``module:Class`` path."""
+        register(self.type_name, self.path)
+
+
+@dataclass(frozen=True)
+class BuiltinSink:
+    """One of popflow's own sink types, registered by path (the webhook sink's ``httpx``, for
+    one, costs start-up time that a config without a webhook should not pay)."""
+
+    type_name: str
+    path: str
+
+    @hookimpl
+    def popflow_register_sinks(self, register: Callable[[str, TypeRef], None]) -> None:
+        """Register the type by its ``module:Class`` path."""
+        register(self.type_name, self.path)
+
+
+BUILTIN_TYPES: dict[str, BuiltinSource | BuiltinSink] = {
+    "popflow.sources.pop3": BuiltinSource("pop3", "popflow.sources.pop3:Pop3Source"),
+    "popflow.sinks.folder": BuiltinSink("folder", "popflow.sinks.folder:FolderSink"),
+    "popflow.sinks.database": BuiltinSink("database", "popflow.sinks.database:DatabaseSink"),
+    "popflow.sinks.webhook": BuiltinSink("webhook", "popflow.sinks.webhook:WebhookSink"),
+}
+"""Built-in source and sink types by the plugin name they are registered under (the names are
+those of the modules, as when each module registered itself)."""
 
 
 class PopflowPluginManager(pluggy.PluginManager):
@@ -181,12 +258,14 @@ def make_plugin_manager(
     No import-time side effects: every call returns a fresh, independent manager.
     """
     pm = PopflowPluginManager()
-    for spec in DEFAULT_PLUGINS:
+    for name, spec in DEFAULT_PLUGINS.items():
         try:
             plugin = _load_object(spec)
         except Exception as exc:
             raise PluginLoadError(spec, f"{type(exc).__name__}: {exc}") from exc
-        _register(pm, plugin, spec.split(":")[0])
+        _register(pm, plugin, name)
+    for name, builtin_type in BUILTIN_TYPES.items():
+        _register(pm, builtin_type, name)
     if load_entry_points:
         load_entry_point_plugins(pm, _env_plugin_selection())
     for directory in plugins_dirs:
@@ -214,6 +293,6 @@ def describe_plugins(pm: PopflowPluginManager) -> list[dict[str, Any]]:
         if plugin is None:
             continue
         module = getattr(plugin, "__name__", None) or type(plugin).__module__
-        builtin = any(name == spec.split(":")[0] for spec in DEFAULT_PLUGINS)
+        builtin = name in DEFAULT_PLUGINS or name in BUILTIN_TYPES
         rows.append({"name": name, "module": module, "builtin": builtin, "hooks": hooks_of(pm, plugin)})
     return sorted(rows, key=lambda row: (not row["builtin"], row["name"]))

@@ -3,7 +3,7 @@
 With polls on many worker machines, a dead letter written under one worker's ``data_dir`` could
 not be shown or replayed from another machine. So with ``executor: celery`` the raw bytes go into
 ``popflow_raw_messages`` in the shared state store instead, keyed by SHA-256 like
-:class:`popflow.store.MessageStore` (whose interface this class follows): every worker and every
+:class:`popflow.raw_store.MessageStore` (whose interface this class follows): every worker and every
 ``popflow dead-letters`` / ``popflow quarantine`` run, wherever it runs, reads the same copy.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from popflow.errors import StorageError
 from popflow.raw import RawMessage
-from popflow.store import MessageStore
+from popflow.raw_store import MessageStore
 
 if TYPE_CHECKING:
     from popflow.state import StateStore

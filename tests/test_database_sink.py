@@ -499,11 +499,11 @@ def test_every_corpus_message_is_stored(database: TestDatabase, tmp_path: Path) 
     if not (CORPUS / "MANIFEST.tsv").is_file():
         pytest.fail("corpus missing") if os.environ.get("CI") == "true" else pytest.skip(f"no corpus at {CORPUS}")
     try:
-        from popflow.parser import parse_message  # type: ignore[attr-defined,unused-ignore]
+        from popflow.parsing.parser import parse_message  # type: ignore[attr-defined,unused-ignore]
     except ImportError as exc:
         if os.environ.get("CI") == "true":
             raise
-        pytest.skip(f"popflow.parser is not available yet: {exc}")
+        pytest.skip(f"popflow.parsing.parser is not available yet: {exc}")
     lines = (CORPUS / "MANIFEST.tsv").read_text().splitlines()[1:]
     files = [CORPUS / line.split("\t")[0] for line in lines if line.strip()]
     sink = make_sink(database, tmp_path, store_raw=True)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from popflow.context import RuntimeContext
 from popflow.errors import RetryableError
 from popflow.message import Attachment, Body, Message
-from popflow.plugins import Registry
+from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
 from popflow.sinks import folder as folder_module
 from popflow.sinks.folder import STALE_TMP_SECONDS, FolderConfig, FolderSink, delivery_key
@@ -438,9 +438,8 @@ def test_config_rejects_eml_only_options_on_maildir() -> None:
 
 
 def test_registers_folder_type() -> None:
-    registry = Registry()
-    folder_module.popflow_register_sinks(registry._adder(registry.sinks, "sink"))
-    assert registry.sink_type("folder") is FolderSink
+    pm = make_plugin_manager(load_entry_points=False)
+    assert pm.registry.sink_type("folder") is FolderSink
 
 
 def test_open_removes_tmp_leftovers_of_a_dead_writer_only(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from popflow.outcome import Outcome, Routed
 from popflow.pipeline import Pipeline
 from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
+from popflow.raw_store import MessageStore
 from popflow.state import StateStore
-from popflow.store import MessageStore
 
 MAIL = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from popflow import Message
-from popflow.parser import parse_message, popflow_parse
+from popflow.parsing.parser import parse_message, popflow_parse
 from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
 

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from popflow import Message
-from popflow.parser import parse_message
+from popflow.parsing.parser import parse_message
 from popflow.raw import RawMessage
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from popflow import Message
-from popflow.parser import parse_message
+from popflow.parsing.parser import parse_message
 from popflow.raw import RawMessage
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

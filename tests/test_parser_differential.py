@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from popflow.message import Message
-from popflow.parser import parse_message
+from popflow.parsing.parser import parse_message
 from popflow.raw import RawMessage
 from tests.test_parser_corpus import CORPUS, _manifest
 

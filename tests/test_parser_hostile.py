@@ -8,9 +8,9 @@ import time
 import pytest
 
 from popflow import Message
-from popflow.parser import parse_message
 from popflow.parsing.fields import MAX_HEADERS
 from popflow.parsing.mime import MAX_DEPTH
+from popflow.parsing.parser import parse_message
 from popflow.raw import RawMessage
 
 

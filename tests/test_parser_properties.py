@@ -7,9 +7,9 @@ import hashlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from popflow.parser import parse_message
 from popflow.parsing.encoded_words import decode_base64, decode_words
 from popflow.parsing.params import parse_params
+from popflow.parsing.parser import parse_message
 from popflow.raw import RawMessage
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from popflow.parser import parse_message
+from popflow.parsing.parser import parse_message
 from popflow.parsing.transfer import NotStreamable, iter_transfer_decoded, transfer_decode
 from popflow.raw import RawMessage
 

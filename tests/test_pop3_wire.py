@@ -31,7 +31,7 @@ from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
 from popflow.sources.pop3 import Pop3Config, Pop3Source
 from popflow.sources.pop3_auth import apop_digest, xoauth2_initial_response
-from popflow.sources.pop3_session import HEADER_KEY_PREFIX
+from popflow.sources.pop3_listing import HEADER_KEY_PREFIX
 from popflow.sources.pop3_wire import LONG_LINE_FLUSH, Pop3Wire
 
 pytestmark = pytest.mark.timeout(60)

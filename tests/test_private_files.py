@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from popflow.raw import RawMessage
+from popflow.raw_store import MessageStore
 from popflow.sinks.folder import delivery_key
 from popflow.state import StateStore
-from popflow.store import MessageStore
 from popflow.testing import POP3TestServer
 from tests.support.pipeline import sample_message, write_config
 

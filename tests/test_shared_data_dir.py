@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from popflow.store import temp_suffix
+from popflow.raw_store import temp_suffix
 from popflow.testing import POP3TestServer
 from tests.support.killing import kill_after, popflow_command, start_poll
 from tests.support.pipeline import maildir_files, sample_message, write_config

@@ -26,8 +26,7 @@ from popflow import __version__
 from popflow.context import RuntimeContext
 from popflow.errors import DeadLetterError, RetryableError
 from popflow.message import Address, Attachment, Body, Message
-from popflow.plugins import PopflowPluginManager
-from popflow.sinks import webhook
+from popflow.plugins import make_plugin_manager
 from popflow.sinks.webhook import WebhookConfig, WebhookSink, parse_retry_after
 from popflow.sinks.webhook_payload import (
     build_payload,
@@ -370,9 +369,8 @@ def test_config_validation() -> None:
 
 
 def test_registered_as_a_plugin() -> None:
-    pm = PopflowPluginManager()
-    pm.register(webhook, name="popflow.sinks.webhook")
-    assert pm.collect_types().sink_type("webhook") is WebhookSink
+    pm = make_plugin_manager(load_entry_points=False)
+    assert pm.registry.sink_type("webhook") is WebhookSink
 
 
 # -- attachments -----------------------------------------------------------------------------

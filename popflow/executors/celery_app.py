@@ -17,14 +17,20 @@ the poll itself is exactly-once through the ledger and the source's lease.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from popflow.config import ExecutorSettings
 from popflow.errors import ConfigError
+from popflow.executors.task import PollTask
+
+try:
+    from celery import Celery, signals
+    from celery.exceptions import Reject
+except ImportError:  # an optional extra (popflow[redis], popflow[amqp]): make_celery() says how to get it
+    Celery = None
 
 if TYPE_CHECKING:
-    from celery import Celery
-
     from popflow.app import App
 
 log = logging.getLogger("popflow.worker")
@@ -37,24 +43,12 @@ def visibility_timeout(settings: ExecutorSettings) -> float:
     return max(3600.0, 4 * settings.lease)
 
 
-def tick_grace(settings: ExecutorSettings) -> float:
-    """Seconds after which a tick whose task has not finished, and whose source no live lease holds,
-    is presumed lost (its worker died, or the broker lost the message) and the next tick is enqueued."""
-    return settings.lease
-
-
-def _import_celery() -> Any:
-    try:
-        import celery
-    except ImportError:
-        raise ConfigError("executor type 'celery' needs the celery package: pip install 'popflow[redis]' "
-                          "(or 'popflow[amqp]')", path="executor.type") from None
-    return celery
-
-
 def make_celery(settings: ExecutorSettings, app: App | None = None) -> Celery:
     """A Celery app on ``settings.broker``; with ``app`` (a worker), the poll task runs polls of it."""
-    celery = _import_celery().Celery("popflow", broker=settings.broker, set_as_current=False)
+    if Celery is None:
+        raise ConfigError("executor type 'celery' needs the celery package: pip install 'popflow[redis]' "
+                          "(or 'popflow[amqp]')", path="executor.type")
+    celery = Celery("popflow", broker=settings.broker, set_as_current=False)
     celery.conf.update(
         task_default_queue=settings.queue,
         task_acks_late=True,
@@ -70,15 +64,24 @@ def make_celery(settings: ExecutorSettings, app: App | None = None) -> Celery:
         accept_content=["json"],
     )
     if app is not None:
-        from popflow.executors.task import PollTask
-
         runner = PollTask(app, settings)
 
         def poll(source: str, tick: int) -> str:
-            return runner.celery_entry(source, tick)
+            if app.context.stop.is_set():
+                # Shutting down: give the task back to the broker for another worker, untouched.
+                raise Reject("worker shutting down", requeue=True)
+            return runner.run(source, int(tick))
 
         celery.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(poll)
     return celery
+
+
+def on_worker_shutdown(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when a worker of this process starts its warm shutdown (SIGTERM, SIGINT)."""
+    def receiver(**_kwargs: Any) -> None:
+        callback()
+
+    signals.worker_shutting_down.connect(receiver, weak=False)
 
 
 def enqueue(celery: Celery, settings: ExecutorSettings, source: str, tick: int) -> None:

@@ -32,7 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from popflow.app import App
 from popflow.config import SourceSettings
-from popflow.executors.celery_app import enqueue, make_celery, tick_grace
+from popflow.executors.celery_app import enqueue, make_celery
+from popflow.executors.task import tick_grace
 from popflow.executors.ticks import TickBook
 from popflow.processes import new_owner
 

@@ -18,24 +18,21 @@ from popflow.processes import new_owner
 log = logging.getLogger("popflow.worker")
 
 
+def tick_grace(settings: ExecutorSettings) -> float:
+    """Seconds after which a tick whose task has not finished, and whose source no live lease holds,
+    is presumed lost (its worker died, or the broker lost the message) and the next tick is enqueued."""
+    return settings.lease
+
+
 class PollTask:
-    """Runs poll tasks against one :class:`App` (one per worker process, shared by its threads)."""
+    """Runs poll tasks against one :class:`App` (one per worker process, shared by its threads).
+
+    Celery-free: :func:`popflow.executors.celery_app.make_celery` wraps :meth:`run` in the task."""
 
     def __init__(self, app: App, settings: ExecutorSettings) -> None:
-        from popflow.executors.celery_app import tick_grace
-
         self.app = app
         self.settings = settings
         self.ticks = TickBook(app.state, new_owner(), tick_grace(settings))
-
-    def celery_entry(self, source: str, tick: int) -> str:
-        """The Celery task body."""
-        if self.app.context.stop.is_set():
-            # Shutting down: give the task back to the broker for another worker, untouched.
-            from celery.exceptions import Reject
-
-            raise Reject("worker shutting down", requeue=True)
-        return self.run(source, int(tick))
 
     def run(self, source: str, tick: int) -> str:
         """Poll ``source`` for ``tick`` unless that tick is done; returns what happened, in one word."""

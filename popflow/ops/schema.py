@@ -54,8 +54,8 @@ def _typed_entries(refs: dict[str, dict[str, Any]], default: str | None) -> dict
 def config_schema(pm: PopflowPluginManager) -> dict[str, Any]:
     """The whole schema, for the source and sink types and plugins ``pm`` knows."""
     registry = pm.registry
-    sources = _config_models(registry.sources)
-    sinks = _config_models(registry.sinks)
+    sources = _config_models(registry.source_types())
+    sinks = _config_models(registry.sink_types())
     options = plugin_option_models(pm)
     mode: JsonSchemaMode = "validation"
     models: list[type[BaseModel]] = [Config, *sources.values(), *sinks.values(), *options.values()]

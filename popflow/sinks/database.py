@@ -34,7 +34,6 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from popflow import hookimpl
 from popflow.config import SinkSettings
 from popflow.durations import Duration, Timeout
 from popflow.errors import ConfigError, DeadLetterError, DeliveryError, RetryableError
@@ -402,9 +401,3 @@ class DatabaseSink(Sink):
         finally:
             if engine is not self._engine:
                 engine.dispose()
-
-
-@hookimpl
-def popflow_register_sinks(register: Any) -> None:
-    """Register the ``database`` sink type."""
-    register("database", DatabaseSink)

@@ -41,7 +41,6 @@ from pydantic import model_validator
 from popflow.config import SinkSettings
 from popflow.context import RuntimeContext
 from popflow.errors import RetryableError
-from popflow.hookspecs import hookimpl
 from popflow.message import Message
 from popflow.private import DIR_MODE, TEMP_SUFFIX, open_new_private, temp_name, write_all
 from popflow.record import json_value
@@ -455,9 +454,3 @@ def _utc(moment: datetime) -> datetime:
         return moment.astimezone(UTC)
     except OverflowError:  # e.g. year 1 with a positive offset: real mail has such dates
         return moment
-
-
-@hookimpl
-def popflow_register_sinks(register: Any) -> None:
-    """Register the ``folder`` sink type."""
-    register("folder", FolderSink)

@@ -19,11 +19,12 @@ import ipaddress
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from popflow import __version__
@@ -31,8 +32,8 @@ from popflow.config import SinkSettings
 from popflow.context import RuntimeContext
 from popflow.durations import Duration, Size, Timeout
 from popflow.errors import ConfigError, DeadLetterError, RetryableError
-from popflow.hookspecs import hookimpl
 from popflow.message import Message
+from popflow.redact import display_url
 from popflow.sinks.base import Sink
 from popflow.sinks.webhook_payload import (
     IDEMPOTENCY_HEADER,
@@ -42,11 +43,6 @@ from popflow.sinks.webhook_payload import (
     encode_payload,
     sign,
 )
-
-# httpx is imported where it is used (~30 ms of start-up): every `popflow poll` registers this
-# sink type, but only a configured webhook sink needs the HTTP client.
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +84,6 @@ class WebhookConfig(SinkSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # The message never repeats the URL: it may carry a token.
-        import httpx
-
         try:
             url = httpx.URL(value)
         except (httpx.InvalidURL, TypeError, ValueError):
@@ -112,8 +106,6 @@ class WebhookConfig(SinkSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> WebhookConfig:
-        import httpx
-
         # httpx turns user:password@ into an Authorization header that silently replaces ours.
         if httpx.URL(self.url).userinfo and any(name.lower() == "authorization" for name in self.headers):
             raise ValueError("give credentials either in the URL or in an Authorization header, not both")
@@ -141,22 +133,10 @@ def parse_retry_after(value: str | None, *, cap: float, now: datetime | None = N
     return min(seconds, cap)
 
 
-def display_url(url: str) -> str:
-    """The URL without credentials or query string, safe for logs and errors."""
-    import httpx
-
-    parsed = httpx.URL(url)
-    port = f":{parsed.port}" if parsed.port is not None else ""
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    return f"{parsed.scheme}://{host}{port}{parsed.path}"
-
-
 class _RedactHttpxUrls(logging.Filter):
-    """Strip credentials and query strings from the URL in httpx's own "HTTP Request" log line."""
+    """Hide credentials and query values in the URL of httpx's own "HTTP Request" log line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        import httpx
-
         args = record.args
         if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], httpx.URL):
             record.args = (args[0], display_url(str(args[1])), *args[2:])
@@ -190,8 +170,6 @@ class WebhookSink(Sink):
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
         """Create the pooled HTTP client and warn about unsafe settings."""
-        import httpx
-
         if self._client is not None:
             return
         config = self.config
@@ -215,8 +193,6 @@ class WebhookSink(Sink):
         )
 
     def _tls_context(self) -> ssl.SSLContext | bool:
-        import httpx
-
         if not self.config.tls_verify:
             return False
         context = httpx.create_ssl_context()
@@ -260,8 +236,6 @@ class WebhookSink(Sink):
 
     def _send(self, method: str, body: bytes | None, headers: dict[str, str], label: str) -> int:
         """Make one request and classify its outcome; returns the 2xx status."""
-        import httpx
-
         assert self._client is not None
         try:
             with self._client.stream(method, self.config.url, content=body, headers=headers) as response:
@@ -291,8 +265,6 @@ class WebhookSink(Sink):
 
     def _read_snippet(self, response: httpx.Response) -> str:
         """The start of the answer's body, for error messages; never fails, never reads it all."""
-        import httpx
-
         if 200 <= response.status_code < 300:
             # Delivered once the status is in; drain a little so the connection can be reused.
             try:
@@ -316,8 +288,6 @@ class WebhookSink(Sink):
         return self._scrub(text)
 
     def _secrets(self) -> Iterable[str]:
-        import httpx
-
         if self.config.secret is not None:
             yield self.config.secret.get_secret_value()
         for value in self.config.headers.values():
@@ -363,9 +333,3 @@ class WebhookSink(Sink):
         elif config.ca_file is not None:
             parts.append(f"ca_file {config.ca_file}")
         return ", ".join(parts)
-
-
-@hookimpl
-def popflow_register_sinks(register: Callable[[str, type], None]) -> None:
-    """Register the ``webhook`` sink type."""
-    register("webhook", WebhookSink)

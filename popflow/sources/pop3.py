@@ -8,7 +8,7 @@ login mechanisms in :mod:`popflow.sources.pop3_auth`; TLS in :mod:`popflow.sourc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +17,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from popflow.config import SourceSettings, secret_value
 from popflow.durations import Timeout
 from popflow.errors import AuthenticationError
-from popflow.hookspecs import hookimpl
 from popflow.sources.base import Source
 from popflow.sources.pop3_auth import run_token_command
 from popflow.sources.pop3_session import Pop3Session
@@ -169,9 +168,3 @@ class Pop3Source(Source):
         if self.config.oauth2_token_file is not None:
             return self._read_secret_file(self.config.oauth2_token_file, "oauth2_token_file")
         raise AuthenticationError(f"{self._label()}: no oauth2 token source configured")
-
-
-@hookimpl
-def popflow_register_sources(register: Callable[[str, type], None]) -> None:
-    """Register the built-in ``pop3`` source type."""
-    register("pop3", Pop3Source)

@@ -22,16 +22,14 @@ from popflow.sources.base import Listing, SessionInfo, SourceSession
 from popflow.sources.keys import header_digest, uidl_text
 from popflow.sources.pop3_auth import AuthRequest, authenticate
 from popflow.sources.pop3_caps import ServerPolicy, ServerPolicyHandling, parse_capabilities
-from popflow.sources.pop3_wire import MAX_BODY, Pop3Wire, Response
+from popflow.sources.pop3_listing import HEADER_KEY_PREFIX, listing_limit, make_listings, numbered_lines
+from popflow.sources.pop3_wire import Pop3Wire, Response
 from popflow.sources.tls import make_ssl_context
 
 if TYPE_CHECKING:
     from popflow.sources.pop3 import Pop3Config
 
 log = logging.getLogger("popflow.sources.pop3")
-
-HEADER_KEY_PREFIX = "hdr-sha256:"
-"""Prefix of the message key used when the server has no UIDL: SHA-256 of ``TOP n 0``."""
 
 _APOP_TIMESTAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
 
@@ -42,10 +40,6 @@ CAPA_LIMIT = 64 * 1024
 """Longest CAPA reply accepted."""
 HEADER_LIMIT = 4 * 1024 * 1024
 """Longest ``TOP n 0`` reply (a header block) accepted."""
-LISTING_LINE = 512
-"""Bytes allowed per line of a LIST or UIDL reply (RFC 1939 UIDLs are at most 70 octets)."""
-MAX_SIZE_VALUE = 2**63
-"""A size from LIST at or above this is impossible (and does not fit the ledger's BIGINT)."""
 
 
 def retr_limit(announced: int) -> int:
@@ -55,21 +49,6 @@ def retr_limit(announced: int) -> int:
     by up to half; some servers count LF line endings. Twice the size plus 1 MB covers them.
     """
     return 2 * announced + 1024 * 1024
-
-
-def _numbered(body: bytes, what: str, label: str) -> dict[int, bytes]:
-    """``n value`` lines of a LIST or UIDL reply; lines without a usable message number are ignored."""
-    result: dict[int, bytes] = {}
-    for line in body.split(b"\n"):
-        line = line.strip()
-        if not line:
-            continue
-        number, _, value = line.partition(b" ")
-        if not number.isdigit() or int(number) < 1:
-            log.warning("%s: ignored a malformed %s line %s", label, what, uidl_text(line[:80]))
-            continue
-        result[int(number)] = value.strip()
-    return result
 
 
 class Pop3Session(ServerPolicyHandling, SourceSession):
@@ -253,30 +232,20 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         An entry the server lists unusably (an impossible size, no UIDL) comes back with its
         ``problem`` set; the poller skips that message and the others flow.
         """
-        limit = min(MAX_BODY, (self.info.message_count + 16) * LISTING_LINE + 64 * 1024)
+        limit = listing_limit(self.info.message_count)
         sizes: dict[int, bytes] = {}
         uids: dict[int, str] | None = None
         for index, reply in self._exchange([b"LIST\r\n", b"UIDL\r\n"], multiline=True):
             if index == 0:
                 if not reply.ok:
                     raise SourceFatalError(f"{self.label}: LIST failed: {reply.text}")
-                sizes = _numbered(self._read_small_body(limit, "the LIST reply"), "LIST", self.label)
+                sizes = numbered_lines(self._read_small_body(limit, "the LIST reply"), "LIST", self.label)
             elif reply.ok:
                 uids = {number: uidl_text(value) for number, value in
-                        _numbered(self._read_small_body(limit, "the UIDL reply"), "UIDL", self.label).items()}
+                        numbered_lines(self._read_small_body(limit, "the UIDL reply"), "UIDL", self.label).items()}
         if uids is None:
             uids = self._header_keys(sorted(sizes))
-        listings = []
-        for number in sorted(sizes):
-            uid = uids.get(number, "")
-            problem = None if uid else "listed without a UIDL"
-            text = sizes[number].split(b" ")[0]
-            size = int(text) if text.isdigit() else -1
-            if not 0 <= size < MAX_SIZE_VALUE:
-                size = 0
-                problem = f"the server announced an impossible size {uidl_text(text[:40])!r}"
-            listings.append(Listing(number=number, uidl=uid, size=size, problem=problem))
-        return listings
+        return make_listings(sizes, uids)
 
     def _read_small_body(self, limit: int, what: str, number: int | None = None) -> bytes:
         try:

@@ -1,6 +1,6 @@
 """The login commands of the test server's sessions: USER/PASS, APOP, SASL PLAIN and SASL XOAUTH2.
 
-Kept apart from :mod:`popflow.testing.pop3session` (which mixes this class in) so each stays small.
+Kept apart from :mod:`popflow.testing.pop3_server_session` (which mixes this class in) so each stays small.
 XOAUTH2 follows what real servers do (see Dovecot, Gmail, Microsoft 365): two-step or one-step,
 and a rejected token answered with a base64 JSON challenge, then ``-ERR`` after the client's
 empty line (or an abort after ``*``).

@@ -30,8 +30,8 @@ from typing import Literal
 
 from popflow.testing.faults import FaultScript
 from popflow.testing.mailbox import Mailbox, load_folder
+from popflow.testing.pop3_server_session import ServerSession
 from popflow.testing.pop3policy import ServerPolicies
-from popflow.testing.pop3session import Pop3Session
 
 log = logging.getLogger("popflow.testing")
 
@@ -135,7 +135,7 @@ class POP3TestServer:
         """Set by :meth:`stop`; stalled sessions wake up on it."""
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
-        self._sessions: dict[Pop3Session, threading.Thread] = {}
+        self._sessions: dict[ServerSession, threading.Thread] = {}
         self._sessions_changed = threading.Condition()
         self._connections = 0
 
@@ -214,14 +214,14 @@ class POP3TestServer:
             sock.settimeout(None)
             self._connections += 1
             self.stats.bump("connections")
-            session = Pop3Session(self, sock, self._connections)
+            session = ServerSession(self, sock, self._connections)
             thread = threading.Thread(target=self._serve, args=(session,), daemon=True,
                                       name=f"pop3-session-{self.port}-{self._connections}")
             with self._sessions_changed:
                 self._sessions[session] = thread
             thread.start()
 
-    def _serve(self, session: Pop3Session) -> None:
+    def _serve(self, session: ServerSession) -> None:
         try:
             session.run()
         finally:

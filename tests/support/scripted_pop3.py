@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from popflow.testing.mailbox import to_wire
-from popflow.testing.pop3session import stuff
+from popflow.testing.pop3_server_session import stuff
 
 
 @dataclass

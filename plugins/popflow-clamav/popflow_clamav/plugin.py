@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from popflow import Message, ScanVerdict, hookimpl
-from popflow.durations import Timeout
-from popflow.errors import ConfigError
+from popflow import ConfigError, Message, ScanVerdict, Timeout, hookimpl
 from popflow_clamav.client import DEFAULT_ADDRESS, ClamdClient, ClamdError, ScanResult
 
 if TYPE_CHECKING:
-    from popflow.config import Config
+    from popflow import Config
 
 SCANNER = "clamav"
 PLUGIN_NAME = "clamav"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 
-from popflow.errors import AuthenticationError, SourceFatalError
+from popflow import AuthenticationError, SourceFatalError
 from popflow.sources.pop3_auth import AuthRequest, decode_challenge, xoauth2_initial_response
 from popflow_imap.wire import ImapWire, Reply, quote
 

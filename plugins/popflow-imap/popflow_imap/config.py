@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from popflow.durations import Duration
+from popflow import Duration
 from popflow.sources.pop3 import Pop3Config
 
 DEFAULT_PORTS = {"implicit": 993, "starttls": 143, "none": 143}

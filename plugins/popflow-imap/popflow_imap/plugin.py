@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from popflow import hookimpl
-from popflow_imap.source import ImapSource
 
 
 @hookimpl
-def popflow_register_sources(register: Callable[[str, type], None]) -> None:
-    """Add the ``imap`` source type."""
-    register("imap", ImapSource)
+def popflow_register_sources(register: Callable[[str, type | str], None]) -> None:
+    """Add the ``imap`` source type (imported when a config uses it, so ``popflow`` starts without it)."""
+    register("imap", "popflow_imap.source:ImapSource")

@@ -22,10 +22,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from popflow.context import RuntimeContext
-from popflow.errors import DeferMessage, DeliveryError, ServerMisbehaved, SourceConnectionError, SourceFatalError
-from popflow.raw import RawMessage
-from popflow.sources.base import Listing, SessionInfo, SourceSession
+from popflow import (
+    DeferMessage,
+    DeliveryError,
+    Listing,
+    RawMessage,
+    RuntimeContext,
+    ServerMisbehaved,
+    SessionInfo,
+    SourceConnectionError,
+    SourceFatalError,
+    SourceSession,
+)
 from popflow.sources.keys import header_digest, uidl_text
 from popflow.sources.pop3_auth import AuthRequest
 from popflow.sources.pop3_session import retr_limit

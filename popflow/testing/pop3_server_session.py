@@ -1,7 +1,7 @@
 """One client connection of :class:`~popflow.testing.POP3TestServer`: the RFC 1939 state machine.
 
 Commands are read from a buffered reader, so a client that pipelines (RFC 2449) gets its answers
-in order. Responses are written through :meth:`Pop3Session._send`, which is where an injected
+in order. Responses are written through :meth:`ServerSession._send`, which is where an injected
 ``drop_after_bytes`` fault cuts the connection mid-response.
 """
 
@@ -63,7 +63,7 @@ def top_of(wire: bytes, lines: int) -> bytes:
     return head + sep + b"".join(line + b"\r\n" for line in body_lines[:lines])
 
 
-class Pop3Session(LoginCommands):
+class ServerSession(LoginCommands):
     """The server side of one POP3 connection; attributes are readable by fault callbacks."""
 
     def __init__(self, server: POP3TestServer, sock: socket.socket, number: int) -> None:

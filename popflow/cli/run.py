@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from popflow.cli import config_option, console, fail, load_app, main, prepare_data_dir
+from popflow.cli.common import config_option, console, fail, open_app, prepare_data_dir, stop_on_signals
+from popflow.errors import ConfigError, PluginLoadError
 from popflow.logs import setup_logging
 from popflow.terminal import printable
 
@@ -31,7 +28,7 @@ log = logging.getLogger("popflow.run")
 
 
 # -- run -----------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @config_option
 @click.option("--http", "http_listen", metavar="ADDR", default=None,
               help="serve /metrics, /healthz, /readyz and a status page on ADDR (e.g. 127.0.0.1:9464; "
@@ -52,43 +49,28 @@ def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -
     except ValueError as exc:
         fail(f"--http: {exc}")
 
-    app = load_app(ctx, config_path)
-    names = app.enabled_sources()
-    if not names:
-        app.close()
-        fail(f"{app.file}: no enabled source to poll; add one under 'sources:' (see `popflow init`)")
-    prepare_data_dir(app)
-    _ = app.state  # open the ledger once, here, before the poll threads share it
-    if app.config.executor.type == "celery":  # schedule and enqueue only; `popflow worker`s poll
-        from popflow.cli_worker import dispatch_until_signal
+    with open_app(ctx, config_path) as app:
+        names = app.enabled_sources()
+        if not names:
+            fail(f"{app.file}: no enabled source to poll; add one under 'sources:' (see `popflow init`)")
+        prepare_data_dir(app)
+        _ = app.state  # open the ledger once, here, before the poll threads share it
+        if app.config.executor.type == "celery":  # schedule and enqueue only; `popflow worker`s poll
+            from popflow.cli.worker import dispatch_until_signal
 
-        dispatch_until_signal(app, names)
-        return
-    scheduler = PollScheduler(app, names)
-    ops = _ops_server(app, scheduler, listen)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set():
-            log.warning("second %s: exiting now; unfinished messages stay on the server",
-                        signal.Signals(signum).name)
-            os._exit(130)
-        log.info("%s: finishing the message in hand, then QUIT", signal.Signals(signum).name)
-        app.context.stop.set()  # polls check it between messages and while backing off
-        stopping.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        scheduler.start()
-        while not stopping.wait(1.0):  # a timeout keeps the main thread responsive to signals
-            pass
-    finally:
-        scheduler.stop(wait=True)
-        if ops is not None:
-            ops.close()
-        app.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            dispatch_until_signal(app, names)
+            return
+        scheduler = PollScheduler(app, names)
+        ops = _ops_server(app, scheduler, listen)
+        with stop_on_signals(app.context.stop.set, "finishing the message in hand, then QUIT") as stopping:
+            try:
+                scheduler.start()
+                while not stopping.wait(1.0):  # a timeout keeps the main thread responsive to signals
+                    pass
+            finally:  # still under the handler: a second signal while polls finish exits at once
+                scheduler.stop(wait=True)
+                if ops is not None:
+                    ops.close()
     log.info("popflow run: stopped")
 
 
@@ -106,13 +88,12 @@ def _ops_server(app: App, scheduler: PollScheduler, listen: ListenAddress | None
     try:
         ops.start()
     except OSError as exc:
-        app.close()
         fail(f"cannot listen on {listen} for --http: {exc.strerror or exc}", status=1)
     return ops
 
 
 # -- demo ----------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path("popflow-demo"), show_default=True, help="where the demo writes its config and output")
 @click.pass_context
@@ -122,7 +103,6 @@ def demo(ctx: click.Context, directory: Path) -> None:
     Each run clears what the previous demo run left in DIR and starts again.
     """
     from popflow.demo.runner import DemoDirError, run_demo
-    from popflow.errors import ConfigError, PluginLoadError
 
     setup_logging(ctx.obj.get("log_level") or "WARNING")  # the summary below says it all
     console.print(f"popflow demo: serving a sample mailbox on loopback, polling it into {directory}/ ...",
@@ -190,3 +170,6 @@ def _popflow_command() -> str:
         except ValueError:
             return str(running)
     return "popflow"
+
+
+COMMANDS = [run, demo]

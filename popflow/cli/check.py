@@ -12,8 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from popflow.app import App
-from popflow.cli import config_option, console, load_app, main
-from popflow.pipeline import describe_error
+from popflow.cli.common import config_option, console, open_app
+from popflow.errors import describe_error
+from popflow.redact import display_url
 from popflow.terminal import shown
 
 # Server capabilities and notes, error texts and plugin answers are outside text: every cell of
@@ -69,23 +70,20 @@ def config_warnings(app: App) -> list[str]:
     return warnings
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--connect", is_flag=True, help="also log in to each source and open each sink")
 @click.pass_context
 def check(ctx: click.Context, config_path: Path | None, connect: bool) -> None:
     """Validate the config and plugins and print what would run."""
-    app = load_app(ctx, config_path)
     failures = 0
-    try:
+    with open_app(ctx, config_path) as app:
         # Names, paths and URLs come from the config (and may hold "[" or escapes): never markup.
         console.print(Text.assemble("config: ", shown(app.file), "  ", ("valid", "green")), highlight=False)
-        console.print(shown(f"state: {_safe_url(app.config.state)}   data_dir: {app.context.data_dir}"),
+        console.print(shown(f"state: {display_url(app.config.state)}   data_dir: {app.context.data_dir}"),
                       highlight=False)
         executor = app.config.executor
         if executor.type == "celery":
-            from popflow.redact import display_url
-
             console.print(shown(f"executor: celery, broker {display_url(executor.broker or '')}, queue "
                                 f"{executor.queue}, lease {executor.lease:g}s (polls run on `popflow worker`)"),
                           highlight=False)
@@ -120,18 +118,7 @@ def check(ctx: click.Context, config_path: Path | None, connect: bool) -> None:
             console.print(Text.assemble(("warning:", "yellow"), " ", shown(warning)), highlight=False)
         if connect:
             failures = _connect_all(app)
-    finally:
-        app.close()
     ctx.exit(1 if failures else 0)
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparseable URL)"
 
 
 def _connect_all(app: App) -> int:
@@ -179,3 +166,6 @@ def _connect_all(app: App) -> int:
             table.add_row(shown(f"plugin {impl.plugin_name}"), OK, shown(found))
     console.print(table)
     return failures
+
+
+COMMANDS = [check]

@@ -1,20 +1,61 @@
-"""``popflow status``, ``popflow schema`` and ``popflow new-plugin``: the operator's and plugin author's tools."""
+"""``popflow init``, ``plugins``, ``status``, ``schema``, ``new-plugin``: the operator's and plugin author's tools."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from popflow.cli import config_option, console, fail, load_app, main
+from popflow.cli.common import config_option, console, fail, open_app, user_errors
+from popflow.config import DEFAULT_CONFIG_NAME
+from popflow.plugins import describe_plugins, make_plugin_manager
 from popflow.terminal import shown
 
 
+# -- init ----------------------------------------------------------------------------------------
+@click.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def init(file: Path | None) -> None:
+    """Write a commented starter config (default ./popflow.yaml); never overwrites."""
+    target = file or Path(DEFAULT_CONFIG_NAME)
+    if target.exists():
+        fail(f"{target} already exists; not overwriting it", status=1)
+    template = resources.files("popflow").joinpath("templates/popflow.yaml").read_text(encoding="utf-8")
+    target.write_text(template, encoding="utf-8")
+    os.chmod(target, 0o600)  # it will hold credentials
+    console.print(shown(f"wrote {target}; edit it, then run `popflow check -c {target}`"), highlight=False)
+
+
+# -- plugins ---------------------------------------------------------------------------------------
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List every registered plugin (built-in and installed) and the hooks it implements."""
+    with user_errors():
+        pm = make_plugin_manager(plugins_dirs=ctx.obj.get("plugins_dirs", ()))
+    rows = describe_plugins(pm)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="popflow plugins")
+    for column in ("name", "kind", "hooks"):
+        table.add_column(column)
+    for row in rows:
+        # A plugin's name is its file's name: shown escaped, like any outside text.
+        table.add_row(shown(row["name"]), "built-in" if row["builtin"] else "installed", shown(", ".join(row["hooks"])))
+    console.print(table)
+    console.print(shown(f"source types: {', '.join(sorted(pm.registry.sources))}; "
+                        f"sink types: {', '.join(sorted(pm.registry.sinks))}"), highlight=False)
+
+
 # -- status --------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
@@ -27,15 +68,13 @@ def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     """
     from popflow.ops.snapshot import pending_totals, source_status
 
-    app = load_app(ctx, config_path)
-    try:
-        statuses = [source_status(app.state, name, enabled=options.enabled)
-                    for name, (_, options) in app.source_configs.items()]
-        pending, held = pending_totals(app.state)
-    except Exception as exc:  # the store answered when opened, then stopped: say so, no traceback
-        app.close()
-        fail(f"the state store {app.state.shown_url} did not answer: {type(exc).__name__}", status=1)
-    app.close()
+    with open_app(ctx, config_path) as app:
+        try:
+            statuses = [source_status(app.state, name, enabled=options.enabled)
+                        for name, (_, options) in app.source_configs.items()]
+            pending, held = pending_totals(app.state)
+        except Exception as exc:  # the store answered when opened, then stopped: say so, no traceback
+            fail(f"the state store {app.state.shown_url} did not answer: {type(exc).__name__}", status=1)
     failed = [item.name for item in statuses if item.enabled and item.status == "failed"]
     if as_json:
         click.echo(json.dumps({"sources": [item.as_json() for item in statuses], "dead_letters_pending": pending,
@@ -58,7 +97,7 @@ def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
 
 
 # -- schema --------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.pass_context
 def schema(ctx: click.Context) -> None:
     """Print the JSON Schema of the config file (for editors: see docs/configuration.md).
@@ -66,9 +105,7 @@ def schema(ctx: click.Context) -> None:
     It covers the source and sink types and plugin options of every plugin installed (and of
     --plugins-dir folders).
     """
-    from popflow.cli import user_errors
     from popflow.ops.schema import config_schema
-    from popflow.plugins import make_plugin_manager
 
     with user_errors():
         pm = make_plugin_manager(plugins_dirs=ctx.obj.get("plugins_dirs", ()))
@@ -76,7 +113,7 @@ def schema(ctx: click.Context) -> None:
 
 
 # -- new-plugin ----------------------------------------------------------------------------------
-@main.command("new-plugin")
+@click.command("new-plugin")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where to write the package (default: ./popflow-NAME)")
@@ -97,3 +134,6 @@ def new_plugin(name: str, directory: Path | None) -> None:
         console.print(shown(f"wrote {path}"), highlight=False)
     console.print(shown(f"next: pip install -e '{target}[test]' && pytest {target} "
                         f"(the hook is in {target / names(name)['package'] / 'plugin.py'})"), highlight=False)
+
+
+COMMANDS = [init, plugins, status, schema, new_plugin]

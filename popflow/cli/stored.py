@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from popflow.app import App
-from popflow.cli import config_option, console, fail, load_app, main
+from popflow.cli.common import config_option, console, fail, open_app
 from popflow.replay import ReplayResult, purge, release_quarantined, replay_dead_letters
 from popflow.terminal import shown
 
@@ -54,7 +54,7 @@ def _print_results(results: list[ReplayResult]) -> None:
                                     shown(result.detail)), highlight=False)
 
 
-@main.group("dead-letters", invoke_without_command=True)
+@click.group("dead-letters", invoke_without_command=True)
 @config_option
 @click.pass_context
 def dead_letters(ctx: click.Context, config_path: Path | None) -> None:
@@ -69,15 +69,13 @@ def dead_letters(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def dl_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> None:
     """List pending dead letters."""
-    app = load_app(ctx, config_path)
-    rows = app.state.dead_letters(status=None if show_all else "pending")
+    with open_app(ctx, config_path) as app:
+        rows = app.state.dead_letters(status=None if show_all else "pending")
     if not rows:
         console.print("no dead letters" if show_all else "no pending dead letters")
-        app.close()
         return
     console.print(_rows_table("dead letters", rows, ["id", "source", "uidl", "sink", "stage", "error", "attempts",
                                                       "subject", "created_at", "status"]))
-    app.close()
 
 
 @dead_letters.command("show")
@@ -86,9 +84,8 @@ def dl_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> Non
 @click.pass_context
 def dl_show(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
     """Show one dead letter and where its raw bytes are."""
-    app = load_app(ctx, config_path)
-    _show(app, app.state.dead_letters([entry_id], status=None), entry_id)
-    app.close()
+    with open_app(ctx, config_path) as app:
+        _show(app, app.state.dead_letters([entry_id], status=None), entry_id)
 
 
 @dead_letters.command("replay")
@@ -97,11 +94,8 @@ def dl_show(ctx: click.Context, config_path: Path | None, entry_id: int) -> None
 @click.pass_context
 def dl_replay(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]) -> None:
     """Re-run routing and delivery (all pending dead letters when no ID is given)."""
-    app = load_app(ctx, config_path)
-    try:
+    with open_app(ctx, config_path) as app:
         results = replay_dead_letters(app, list(ids))
-    finally:
-        app.close()
     _print_results(results)
     console.print(f"replayed {sum(r.ok for r in results)} of {len(results)}")
     sys.exit(0 if all(r.ok for r in results) else 1)
@@ -113,14 +107,13 @@ def dl_replay(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]
 @click.pass_context
 def dl_purge(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]) -> None:
     """Delete dead letters and their stored bytes."""
-    app = load_app(ctx, config_path)
-    results = purge(app, "dead-letters", list(ids))
-    app.close()
+    with open_app(ctx, config_path) as app:
+        results = purge(app, "dead-letters", list(ids))
     _print_results(results)
     sys.exit(0 if all(r.ok for r in results) else 1)
 
 
-@main.group("quarantine", invoke_without_command=True)
+@click.group("quarantine", invoke_without_command=True)
 @config_option
 @click.pass_context
 def quarantine(ctx: click.Context, config_path: Path | None) -> None:
@@ -135,15 +128,13 @@ def quarantine(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def q_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> None:
     """List quarantined messages."""
-    app = load_app(ctx, config_path)
-    rows = app.state.quarantined(status=None if show_all else "held")
+    with open_app(ctx, config_path) as app:
+        rows = app.state.quarantined(status=None if show_all else "held")
     if not rows:
         console.print("nothing in quarantine" if show_all else "nothing held in quarantine")
-        app.close()
         return
     console.print(_rows_table("quarantine", rows, ["id", "source", "uidl", "verdicts", "subject", "size",
                                                     "created_at", "status"]))
-    app.close()
 
 
 @quarantine.command("show")
@@ -152,9 +143,8 @@ def q_list(ctx: click.Context, config_path: Path | None, show_all: bool) -> None
 @click.pass_context
 def q_show(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
     """Show one quarantine entry and where its raw bytes are."""
-    app = load_app(ctx, config_path)
-    _show(app, app.state.quarantined([entry_id], status=None), entry_id)
-    app.close()
+    with open_app(ctx, config_path) as app:
+        _show(app, app.state.quarantined([entry_id], status=None), entry_id)
 
 
 @quarantine.command("release")
@@ -163,11 +153,8 @@ def q_show(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
 @click.pass_context
 def q_release(ctx: click.Context, config_path: Path | None, entry_id: int) -> None:
     """Deliver a quarantined message: the rest of the pipeline runs without the scan."""
-    app = load_app(ctx, config_path)
-    try:
+    with open_app(ctx, config_path) as app:
         result = release_quarantined(app, entry_id)
-    finally:
-        app.close()
     _print_results([result])
     sys.exit(0 if result.ok else 1)
 
@@ -178,8 +165,10 @@ def q_release(ctx: click.Context, config_path: Path | None, entry_id: int) -> No
 @click.pass_context
 def q_purge(ctx: click.Context, config_path: Path | None, ids: tuple[int, ...]) -> None:
     """Delete quarantine entries and their stored bytes."""
-    app = load_app(ctx, config_path)
-    results = purge(app, "quarantine", list(ids))
-    app.close()
+    with open_app(ctx, config_path) as app:
+        results = purge(app, "quarantine", list(ids))
     _print_results(results)
     sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+COMMANDS = [dead_letters, quarantine]

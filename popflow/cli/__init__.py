@@ -1,0 +1,66 @@
+"""The ``popflow`` command line. Thin: it parses options, opens an :class:`~popflow.app.App`, prints.
+
+Layout:
+
+* :mod:`popflow.cli.common` — what every command shares: :func:`~popflow.cli.common.fail`,
+  the ``-c`` option, :func:`~popflow.cli.common.open_app` (a context manager: the App is
+  closed however the command ends) and :func:`~popflow.cli.common.stop_on_signals`;
+* one module per command or command group, each with a ``COMMANDS`` list of the click commands
+  it defines. The modules import only :mod:`popflow.cli.common`, never this package, so there
+  is no import circle.
+
+Adding a command module is one line: write ``popflow/cli/NAME.py`` with ``COMMANDS = [...]`` and
+add ``"popflow.cli.NAME"`` to :data:`COMMAND_MODULES`. ``popflow --help`` sorts the commands by
+name, so the order here does not matter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+
+from popflow import __version__
+from popflow.logs import setup_logging
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "popflow.cli.poll",  # poll
+    "popflow.cli.run",  # run, demo
+    "popflow.cli.check",  # check
+    "popflow.cli.stored",  # dead-letters, quarantine
+    "popflow.cli.ops",  # init, plugins, status, schema, new-plugin
+    "popflow.cli.worker",  # worker
+)
+"""Every module whose ``COMMANDS`` are registered on :func:`main` (the only place they are)."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="popflow")
+@click.option("--plugins-dir", "plugins_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="load every .py file in this folder as a plugin (repeatable)")
+@click.option("-v", "--verbose", count=True, help="more logging (-v info, -vv debug)")
+@click.option("-q", "--quiet", is_flag=True, help="only warnings and errors")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, envvar="POPFLOW_LOG_FORMAT",
+              help="log lines as text or one JSON object per line (default: the config's log_format, else text)")
+@click.pass_context
+def main(ctx: click.Context, plugins_dirs: tuple[Path, ...], verbose: int, quiet: bool,
+         log_format: str | None) -> None:
+    """popflow: turn POP3 mailboxes into data pipelines."""
+    ctx.ensure_object(dict)
+    ctx.obj["plugins_dirs"] = plugins_dirs
+    level = "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING" if quiet else None
+    ctx.obj["log_level"] = level
+    ctx.obj["log_format"] = log_format
+    setup_logging(level or "INFO", log_format or "text")
+
+
+def _register(group: click.Group) -> None:
+    for module_name in COMMAND_MODULES:
+        for command in importlib.import_module(module_name).COMMANDS:
+            group.add_command(command)
+
+
+_register(main)
+
+__all__ = ["COMMAND_MODULES", "main"]
