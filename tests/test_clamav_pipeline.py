@@ -24,11 +24,8 @@ from popflow.plugins import PopflowPluginManager
 from popflow.raw import RawMessage
 from popflow.state import StateStore
 from popflow.store import MessageStore
-from tests.support import clamd as clamd_support
 from tests.support.clamd import SIGNATURE_PREFIX, STREAM_MAX_LENGTH, ClamdServer, free_port
 from tests.test_clamav import big_mail, clean_mail, eicar_attachment, eicar_quoted_printable, eicar_zip
-
-clamd_private = clamd_support.clamd_private  # a clamd this module may stop and start
 
 
 class HeadersOnlyParser:

@@ -27,7 +27,7 @@ import pytest
 from popflow.sinks.folder import delivery_key
 from popflow.testing import POP3TestServer
 from popflow.testing.mailbox import to_wire
-from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
+from tests.support.dovecot import DovecotServer
 from tests.support.killing import pop3_source, write_yaml_config
 from tests.support.pipeline import maildir_files, make_app, write_config
 
@@ -136,7 +136,7 @@ def _corpus_files() -> list[Path]:
         return [CORPUS / row["dest_file"] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
-def test_corpus_through_dovecot(dovecot: DovecotServer, tmp_path: Path) -> None:  # noqa: F811
+def test_corpus_through_dovecot(dovecot: DovecotServer, tmp_path: Path) -> None:
     files = _corpus_files()
     originals = [path.read_bytes() for path in files]
     for raw in originals:

@@ -20,7 +20,6 @@ import pytest
 from popflow.testing.mailbox import to_wire as wire_form
 from tests.support.pipeline import maildir_files, make_app, write_config
 from tests.support.scripted_pop3 import Entry, ScriptedPop3, ScriptedSession
-from tests.test_state import store_url  # noqa: F401  (fixture: sqlite, postgresql, mariadb)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -160,7 +159,7 @@ def test_sigterm_ends_a_poll_stuck_on_a_trickling_server(tmp_path: Path) -> None
     assert b"Traceback" not in output
 
 
-def test_bad_listing_entries_cost_only_themselves(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_bad_listing_entries_cost_only_themselves(tmp_path: Path, store_url: str) -> None:
     long_uidl = b"L" * 300
     entries = [Entry(b"1", message("plain")),
                Entry(b"2", message("huge-size"), listed_size=b"99999999999999999999"),

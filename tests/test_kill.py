@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
+from tests.support.dovecot import DovecotServer
 from tests.support.killing import (
     READY_MARK,
     db_ids,
@@ -126,7 +126,7 @@ def _check_invariants(tmp_path: Path, server: DovecotServer, all_ids: set[str]) 
     )
 
 
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(dovecot: DovecotServer,  # noqa: F811
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(dovecot: DovecotServer,
                                                                 tmp_path: Path) -> None:
     rng = random.Random(SEED)
     config = _config(tmp_path, dovecot)

@@ -22,13 +22,12 @@ from sqlalchemy import insert
 from popflow.locks import Lease, LockBusy
 from popflow.processes import this_host
 from popflow.state import StateStore, locks, now
-from tests.test_state import store_url  # noqa: F401  (fixture: sqlite, postgresql, mariadb)
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def stores(store_url: str) -> Iterator[list[StateStore]]:  # noqa: F811
+def stores(store_url: str) -> Iterator[list[StateStore]]:
     """Three state stores (three connection pools) on one database, as three processes would have."""
     opened = [StateStore(store_url) for _ in range(3)]
     yield opened
@@ -98,7 +97,7 @@ def test_a_renewed_lease_outlives_its_length(stores: list[StateStore]) -> None:
     held.release()
 
 
-def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_url: str,  # noqa: F811
+def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_url: str,
                                                                            tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
