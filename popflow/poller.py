@@ -60,10 +60,9 @@ class PollReport:
         """One log line summarising the poll."""
         c = self.counts
         text = (f"poll {self.source}: fetched={c.fetched} delivered={c.delivered} no_route={c.no_route} "
-                f"skipped={c.skipped} "
-                f"dropped={c.dropped} quarantined={c.quarantined} dead_letters={c.dead_letters} "
-                f"deferred={c.deferred} deleted={c.deleted} defects={c.defects} errors={c.errors} "
-                f"in {c.seconds:.2f}s")
+                f"skipped={c.skipped} dropped={c.dropped} quarantined={c.quarantined} "
+                f"dead_letters={c.dead_letters} deferred={c.deferred} deleted={c.deleted} defects={c.defects} "
+                f"errors={c.errors} in {c.seconds:.2f}s")
         if self.error:
             text += f" — failed: {self.error}"
         if self.stopped:

@@ -145,7 +145,8 @@ def test_write_and_commit_stores_every_field(sink: DatabaseSink) -> None:
     assert (row.source, row.uidl, row.message_id) == ("support", "uidl-1", "<uidl-1@example.com>")
     assert (row.subject, row.from_name, row.from_address) == ("Hello", "Ann Example", "ann@example.com")
     assert row.to == [{"name": "", "address": "bob@example.com"}, {"name": "Cé", "address": "ce@example.com"}]
-    assert row.cc == [] and row.reply_to == [{"name": "", "address": "reply@example.com"}]
+    assert row.cc == []
+    assert row.reply_to == [{"name": "", "address": "reply@example.com"}]
     assert row.date == datetime(2024, 5, 1, 10, 30, tzinfo=UTC)
     assert (row.size, row.sha256) == (len(RAW), hashlib.sha256(RAW).hexdigest())
     assert (row.text, row.html) == ("plain body", "<p>html</p>")
@@ -209,7 +210,8 @@ def test_store_raw_keeps_the_exact_bytes(database: TestDatabase, tmp_path: Path)
         sink.write(make_message(raw=raw, attachments=(("big.bin", content), ("empty.txt", b""))))
         sink.commit()
         [row] = rows(sink.engine, sink.tables.messages)
-        assert bytes(row.raw) == raw and row.size == len(raw)
+        assert bytes(row.raw) == raw
+        assert row.size == len(raw)
         assert [bytes(a.content) for a in rows(sink.engine, sink.tables.attachments)] == [content, b""]
     finally:
         sink.close()
@@ -445,12 +447,14 @@ def test_describe_and_check(sink: DatabaseSink, database: TestDatabase) -> None:
     sink.commit()
     product = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mariadb": "MariaDB"}[database.kind]
     report = sink.check()
-    assert report.startswith(f"ok: {product} ") and report.endswith(", 2 messages"), report
+    assert report.startswith(f"ok: {product} "), report
+    assert report.endswith(", 2 messages"), report
 
 
 def test_check_before_the_schema_exists_changes_nothing(database: TestDatabase, tmp_path: Path) -> None:
     report = make_sink(database, tmp_path).check()
-    assert report.startswith("ok: ") and "tables not created yet" in report
+    assert report.startswith("ok: ")
+    assert "tables not created yet" in report
     assert count_tables(database) == 0
 
 
@@ -475,7 +479,8 @@ def test_a_bad_url_is_refused_without_echoing_it() -> None:
         DatabaseConfig(type="database", url=f"not a url {PASSWORD}")
     assert "not a valid SQLAlchemy URL" in str(caught.value)
     config = DatabaseConfig(type="database", url=f"postgresql://u:{PASSWORD}@h/db")
-    assert PASSWORD not in repr(config) and PASSWORD not in str(config.model_dump())
+    assert PASSWORD not in repr(config)
+    assert PASSWORD not in str(config.model_dump())
 
 
 def test_relative_sqlite_paths_follow_the_config_file(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def test_one_holder_at_a_time(stores: list[StateStore]) -> None:
     first = Lease(stores[0], "support").acquire()
     with pytest.raises(LockBusy) as busy:
         Lease(stores[1], "support").acquire()
-    assert busy.value.holder is not None and busy.value.holder.owner == first.owner
+    assert busy.value.holder is not None
+    assert busy.value.holder.owner == first.owner
     assert busy.value.holder.describe().startswith(f"{this_host()}:")
     with Lease(stores[1], "orders"):  # another source: its own lease
         pass
@@ -112,7 +113,8 @@ def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_
         try:
             with pytest.raises(LockBusy) as busy:
                 Lease(store, "support").acquire()  # alive: refused, although it is our host
-            assert busy.value.holder is not None and busy.value.holder.owner == owner
+            assert busy.value.holder is not None
+            assert busy.value.holder.owner == owner
             holder.kill()
             holder.wait(10)
             taken = Lease(store, "support").acquire()  # dead: taken at once, an hour before expiry
