@@ -13,6 +13,7 @@ from popflow.config import Config, validate_component
 from popflow.context import RuntimeContext
 from popflow.delivery import Deliverer, SinkRunner
 from popflow.errors import ConfigError, StorageError
+from popflow.holding import Holding
 from popflow.locks import Lease, LockBusy
 from popflow.logs import log_fields
 from popflow.pipeline import Pipeline
@@ -133,20 +134,24 @@ class App:
         sink: Sink = cls(name, options, self.context)
         return sink
 
-    def sink_runners(self) -> dict[str, SinkRunner]:
-        """Fresh sink instances for one poll (each poll owns its own, so sources can run in parallel)."""
-        return {name: SinkRunner(name, self.sink(name), options) for name, (_, options) in self.sink_configs.items()}
+    def holding(self) -> Holding:
+        """Dead letters and the quarantine: raw bytes in this app's message store, entries in its state."""
+        return Holding(self.state, self.store)
 
     def pipeline(self) -> Pipeline:
-        """The pre-delivery stages, wired to this app's state and message store."""
-        return Pipeline(self.pm, self.state, self.store, set(self.sink_configs))
+        """The pre-delivery stages, wired to this app's plugins, holding and sink names."""
+        return Pipeline(self.pm, self.holding(), set(self.sink_configs))
+
+    def deliverer(self) -> Deliverer:
+        """A deliverer with fresh sink instances (each poll or replay owns its own, so sources run in
+        parallel); close it (:meth:`Deliverer.close`) to close the sinks."""
+        runners = {name: SinkRunner(name, self.sink(name), options) for name, (_, options) in self.sink_configs.items()}
+        return Deliverer(runners, self.holding(), self.pm, self.state, self.context.stop)
 
     def poller(self, name: str) -> Poller:
         """A poller for one poll of the named source."""
-        runners = self.sink_runners()
-        pipeline = self.pipeline()
-        deliverer = Deliverer(runners, pipeline, self.pm, self.context.stop)
-        return Poller(self.source(name), runners, pipeline, self.state, deliverer, self.config.batch_size)
+        source = self.source(name)  # a config error for an unknown name before any sink is made
+        return Poller(source, self.pipeline(), self.deliverer(), self.state, self.config.batch_size)
 
     def poll(self, name: str, progress: ProgressCallback | None = None, *,
              lease_seconds: float | None = None) -> PollReport:

@@ -1,4 +1,9 @@
-"""Delivering a batch of messages to their sinks: group commit, retries with backoff, dead letters.
+"""Delivering a batch of messages to their sinks, and recording in the ledger which sinks have them.
+
+The :class:`Deliverer` takes the :class:`~popflow.outcome.Delivery` objects the pipeline made,
+asks the ledger which sinks already have each message (an earlier poll that died before DELE),
+writes the rest, and returns one :class:`~popflow.outcome.Outcome` per message; :meth:`Deliverer.record`
+then writes the outcomes to the ledger — the step after which a message may leave the server.
 
 The fast path writes every message of a batch to each sink and commits each sink once. When a
 write or a commit fails, that sink's uncommitted messages take the slow path: one message at a
@@ -14,17 +19,18 @@ import logging
 import random
 import threading
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from popflow.config import SinkSettings
 from popflow.errors import DeadLetterError, RetryableError, describe_error
+from popflow.holding import Holding
+from popflow.hookcall import notify_delivered, notify_failed
 from popflow.logs import log_fields
-from popflow.message import Message
-from popflow.outcome import Outcome
-from popflow.pipeline import Pipeline, notify_delivered, notify_failed
+from popflow.outcome import Delivery, Outcome
 from popflow.plugins import PopflowPluginManager
-from popflow.raw import RawMessage
 from popflow.sinks.base import Sink
+from popflow.state import HandledMessage, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -72,49 +78,50 @@ class SinkRunner:
         return base * random.uniform(0.5, 1.5)
 
 
-@dataclass
-class Item:
-    """One message in a delivery batch."""
+class Listed(Protocol):
+    """What the ledger keeps of a listing entry (:class:`popflow.sources.base.Listing` is one)."""
 
-    uidl: str
-    raw: RawMessage
-    message: Message
-    routed: list[str]
-    delivered: list[str] = field(default_factory=list)
-    dead_lettered: list[str] = field(default_factory=list)
-    deferred: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
+    @property
+    def uidl(self) -> str:
+        """The message's ledger key."""
 
-    def outcome(self) -> Outcome:
-        """Combine the per-sink results into the message's outcome."""
-        if self.deferred:
-            kind = "deferred"
-            reason = "; ".join(f"{sink}: {self.errors.get(sink, 'sink down')}" for sink in self.deferred)
-        elif self.dead_lettered and not self.delivered:
-            kind, reason = "dead_letter", "; ".join(f"{s}: {self.errors.get(s, '')}" for s in self.dead_lettered)
-        else:
-            kind, reason = "delivered", ""
-        return Outcome(kind, reason, self.message, routed=self.routed,  # type: ignore[arg-type]
-                       delivered=self.delivered, dead_lettered=self.dead_lettered)
+    @property
+    def size(self) -> int:
+        """The size the server listed."""
+
+    @property
+    def server_id(self) -> str:
+        """The server's own UIDL text."""
 
 
 class Deliverer:
-    """Delivers batches for one poll of one source."""
+    """Delivers batches for one poll of one source (or one replay) and records them in the ledger.
 
-    def __init__(self, runners: dict[str, SinkRunner], pipeline: Pipeline, pm: PopflowPluginManager,
-                 stop: threading.Event) -> None:
+    It owns the poll's sink instances (``runners``, closed by :meth:`close`), what the ledger says
+    each sink already has, the dead letters of sinks that give up (through ``holding``) and the
+    ``popflow_delivered``/``popflow_failed`` notifications.
+    """
+
+    def __init__(self, runners: dict[str, SinkRunner], holding: Holding, pm: PopflowPluginManager,
+                 state: StateStore, stop: threading.Event) -> None:
         self.runners = runners
-        self.pipeline = pipeline
+        self.holding = holding
         self.pm = pm
+        self.state = state
         self.stop = stop
 
-    def deliver_batch(self, items: list[Item], already: dict[str, set[str]]) -> None:
-        """Deliver every item to each routed sink it does not have yet; results land on the items."""
-        pending: dict[str, list[Item]] = defaultdict(list)
-        slow: dict[str, list[tuple[Item, BaseException | None]]] = defaultdict(list)
-        for item in items:
-            have = already.get(item.uidl, set())
-            for sink_name in item.routed:
+    def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Deliver each message to every routed sink that does not have it yet; one outcome per message.
+
+        A sink the ledger lists for a message (committed in a poll that died before DELE) is not
+        written again: a webhook would repeat, a folder would hold a second copy.
+        """
+        already = self._already(deliveries)
+        pending: dict[str, list[Delivery]] = defaultdict(list)
+        slow: dict[str, list[tuple[Delivery, BaseException | None]]] = defaultdict(list)
+        for item in deliveries:
+            have = already.get((item.source, item.uidl), set())
+            for sink_name in item.sinks:
                 if sink_name in have:
                     item.delivered.append(sink_name)
                     continue
@@ -150,8 +157,62 @@ class Deliverer:
             for item, first_error in retry:
                 with log_fields(sink=sink_name, uidl=item.uidl):  # the retry warnings, in JSON logs
                     self._deliver_one(self.runners[sink_name], item, first_error)
+        return [item.outcome() for item in deliveries]
 
-    def _after_fast_failure(self, runner: SinkRunner, written: list[Item]) -> list[tuple[Item, BaseException | None]]:
+    def _already(self, deliveries: Sequence[Delivery]) -> dict[tuple[str, str], set[str]]:
+        """The sinks the ledger lists for each message, by (source, uidl)."""
+        by_source: dict[str, list[str]] = defaultdict(list)
+        for item in deliveries:
+            by_source[item.source].append(item.uidl)
+        found: dict[tuple[str, str], set[str]] = {}
+        for source, uidls in by_source.items():
+            for uidl, sinks in self.state.deliveries_pending(source, uidls).items():
+                found[(source, uidl)] = sinks
+        return found
+
+    def record(self, source: str, results: Sequence[tuple[Listed, Outcome]], *, mailbox: str,
+               heads: Mapping[str, str]) -> None:
+        """Write the outcomes of one batch to the ledger; after it, the handled ones may leave the server.
+
+        A handled message and the sinks that have it are one transaction (a crash leaves both or
+        neither). A deferred one stays unhandled, but the sinks that committed it are recorded, so
+        the next poll does not write them again. ``heads`` holds the header digests by UIDL.
+        """
+        handled: list[HandledMessage] = []
+        delivered: list[tuple[str, str, str]] = []
+        partial: list[tuple[str, str, str]] = []
+        for listing, outcome in results:
+            message = outcome.message
+            triples = [(source, listing.uidl, sink) for sink in outcome.delivered]
+            if not outcome.handled:
+                partial += triples
+                continue
+            handled.append(HandledMessage(
+                source, listing.uidl, outcome.kind, size=listing.size, sha256=message.sha256 if message else "",
+                message_id=message.message_id if message else None, reason=outcome.reason or None,
+                server_uidl=listing.server_id, mailbox=mailbox, header_sha256=heads.get(listing.uidl)))
+            delivered += triples
+        if partial:
+            self.state.record_deliveries(partial)
+        if handled:
+            self.state.record_handled(handled, delivered)
+
+    def record_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Record which sinks have each message, leaving its ledger row as it is (replays).
+
+        A sink the ledger already lists is a no-op.
+        """
+        triples = [(item.source, item.uidl, sink) for item in deliveries for sink in item.delivered]
+        if triples:
+            self.state.record_deliveries(triples)
+
+    def close(self) -> None:
+        """Close every sink this deliverer opened."""
+        for runner in self.runners.values():
+            runner.close()
+
+    def _after_fast_failure(self, runner: SinkRunner,
+                            written: list[Delivery]) -> list[tuple[Delivery, BaseException | None]]:
         """A write failed mid-batch: keep what the sink already has, redo what a rollback loses."""
         if runner.sink.durable_writes:
             # Each earlier write is already visible (e.g. POSTed): never send it twice.
@@ -165,11 +226,11 @@ class Deliverer:
         runner.safe_rollback()
         return [(item, None) for item in written]
 
-    def _delivered(self, item: Item, sink_name: str) -> None:
+    def _delivered(self, item: Delivery, sink_name: str) -> None:
         item.delivered.append(sink_name)
         notify_delivered(self.pm, item.message, sink_name)
 
-    def _deliver_one(self, runner: SinkRunner, item: Item, first_error: BaseException | None = None) -> None:
+    def _deliver_one(self, runner: SinkRunner, item: Delivery, first_error: BaseException | None = None) -> None:
         """Write + commit one message with retries; then dead letter (and mark the sink down).
 
         ``first_error`` is the failure of the batch's attempt, which counts as attempt 1.
@@ -219,10 +280,10 @@ class Deliverer:
                     item.errors[runner.name] = f"stopped while retrying: {error_text}"
                     return
 
-    def _dead_letter(self, runner: SinkRunner, item: Item, error: BaseException, attempts: int) -> None:
+    def _dead_letter(self, runner: SinkRunner, item: Delivery, error: BaseException, attempts: int) -> None:
         text = describe_error(error)
         item.dead_lettered.append(runner.name)
         item.errors[runner.name] = text
         notify_failed(self.pm, item.message, f"deliver:{runner.name}", error)
-        self.pipeline.dead_letter(item.raw, item.message.source, item.uidl, item.message, sink=runner.name,
-                                  stage=f"deliver:{runner.name}", error=text, attempts=attempts)
+        self.holding.dead_letter(item.raw, item.source, item.uidl, item.message, sink=runner.name,
+                                 stage=f"deliver:{runner.name}", error=text, attempts=attempts)

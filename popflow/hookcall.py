@@ -1,4 +1,6 @@
-"""Name the plugin that raised: each stage-hook implementation is wrapped once, at registration.
+"""Calling plugins: name the plugin that raised, and fire the observer hooks without letting them fail.
+
+Each stage-hook implementation is wrapped once, at registration.
 
 The stage hooks are called through pluggy (``pm.hook.popflow_*``), so wrappers, ``tryfirst``/
 ``trylast``, ``firstresult`` from the spec and ``POPFLOW_TRACE_PLUGINS`` tracing all apply. pluggy
@@ -9,13 +11,19 @@ its logs and error classes, so :func:`name_failures` wraps each plain implementa
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from popflow.errors import PopflowError
 from popflow.logs import log_fields
+
+if TYPE_CHECKING:
+    from popflow.message import Message
+
+log = logging.getLogger(__name__)
 
 STAGE_HOOKS: frozenset[str] = frozenset({
     "popflow_parse", "popflow_scan", "popflow_filter", "popflow_transform", "popflow_route",
@@ -65,3 +73,22 @@ def name_failures(pm: pluggy.PluginManager, plugin: object) -> None:
             if not getattr(impl.function, "__popflow_naming__", False):
                 # pluggy calls impl.function; its argnames were read from the original, so they still hold.
                 impl.function = _naming(impl.function, impl.plugin_name, caller.name)  # type: ignore[misc]
+
+
+def notify_failed(pm: pluggy.PluginManager, message: Message | None, stage: str, error: BaseException) -> None:
+    """Fire ``popflow_failed``; an observer that raises is logged, never allowed to stop the run.
+
+    ``message`` is None when parsing failed.
+    """
+    try:
+        pm.hook.popflow_failed(message=message, stage=stage, error=error)
+    except Exception as exc:
+        log.error("popflow_failed observer raised: %s", exc)
+
+
+def notify_delivered(pm: pluggy.PluginManager, message: Message, sink: str) -> None:
+    """Fire ``popflow_delivered``; an observer that raises is logged and ignored."""
+    try:
+        pm.hook.popflow_delivered(message=message, sink=sink)
+    except Exception as exc:
+        log.error("popflow_delivered observer raised: %s", exc)

@@ -1,43 +1,41 @@
 """The stages before delivery: parse → scan → filter → transform → route.
 
-Each stage is a hook; every plugin call is wrapped here, classified by what the runner does next
+Each stage is a hook called through pluggy; a failure is classified by what the runner does next
 (see :mod:`popflow.errors`) and logged with the plugin's name, the hook and the UIDL. A message
-either comes out routed to sinks, or with a final :class:`~popflow.outcome.Outcome` (dropped,
-quarantined, dead letter, deferred).
+comes out either as a :class:`~popflow.outcome.Delivery` (the message and its sinks, for the
+deliverer) or with a final :class:`~popflow.outcome.Outcome` (dropped, quarantined, dead letter,
+no route, deferred). Dead letters and quarantine entries are written by :mod:`popflow.holding`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 
 from popflow.errors import DeadLetterError, DeferMessage, PopflowError, RetryableError, describe_error
-from popflow.hookcall import PluginHookError
+from popflow.holding import Holding
+from popflow.hookcall import PluginHookError, notify_failed
 from popflow.message import Message
-from popflow.outcome import Outcome, Routed
+from popflow.outcome import Delivery, Outcome
 from popflow.plugins import PopflowPluginManager
 from popflow.raw import RawMessage
-from popflow.raw_store import MessageStore
-from popflow.state import StateStore
 from popflow.verdicts import FilterDecision, ScanVerdict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "describe_error", "notify_delivered", "notify_failed"]  # describe_error: moved to errors
+# describe_error lives in popflow.errors; still importable from here for callers not moved yet.
+__all__ = ["Pipeline", "describe_error"]
 
 
 class Pipeline:
-    """Runs the pre-delivery stages for one message and records quarantine and dead letters."""
+    """Runs the pre-delivery stages for one message; what it gives up on goes to ``holding``."""
 
-    def __init__(self, pm: PopflowPluginManager, state: StateStore, store: MessageStore,
-                 known_sinks: set[str]) -> None:
+    def __init__(self, pm: PopflowPluginManager, holding: Holding, known_sinks: set[str]) -> None:
         self.pm = pm
-        self.state = state
-        self.store = store
+        self.holding = holding
         self.known_sinks = known_sinks
 
     # -- the stages ---------------------------------------------------------------------------
-    def prepare(self, raw: RawMessage, source: str, uidl: str, *, scan: bool = True) -> Routed | Outcome:
+    def prepare(self, raw: RawMessage, source: str, uidl: str, *, scan: bool = True) -> Delivery | Outcome:
         """Parse, scan, filter, transform and route one message.
 
         Returns the message and its sinks when it must be delivered, or the final outcome when it
@@ -66,13 +64,14 @@ class Pipeline:
                 raise DeadLetterError(f"route names unknown sink(s): {', '.join(unknown)}")
             if not routed:
                 return Outcome("no_route", "no route matched", message)
-            return Routed(message, routed)
+            return Delivery(raw, message, routed)
         except (DeferMessage, RetryableError) as exc:
             self._failed(message, stage, exc, uidl)
             return Outcome("deferred", f"{stage}: {describe_error(exc)}", message)
         except (PluginHookError, DeadLetterError, PopflowError, Exception) as exc:
             self._failed(message, stage, exc, uidl)
-            self.dead_letter(raw, source, uidl, message, sink=None, stage=stage, error=describe_error(exc), attempts=1)
+            self.holding.dead_letter(raw, source, uidl, message, sink=None, stage=stage, error=describe_error(exc),
+                                     attempts=1)
             return Outcome("dead_letter", f"{stage}: {describe_error(exc)}", message)
 
     def _parse(self, raw: RawMessage, source: str, uidl: str) -> Message:
@@ -94,7 +93,7 @@ class Pipeline:
         infected = [v for v in verdicts if v.infected]
         errors = [v for v in verdicts if v.status == "error"]
         if infected or any(v.on_error == "quarantine" for v in errors):
-            entry = self.quarantine(raw, message, infected + errors)
+            entry = self.holding.quarantine(raw, message, infected + errors)
             names = ", ".join(v.signature or v.reason or v.scanner for v in infected + errors)
             return Outcome("quarantined", f"quarantine #{entry}: {names}", message)
         deferring = [v for v in errors if v.on_error == "defer"]
@@ -108,46 +107,9 @@ class Pipeline:
             message.tags.add("scanned")
         return None
 
-    # -- records -------------------------------------------------------------------------------
-    def quarantine(self, raw: RawMessage, message: Message, verdicts: list[ScanVerdict]) -> int:
-        """Keep the raw bytes and verdicts; list the message in the quarantine."""
-        details = [asdict(v) for v in verdicts]
-        self.store.put(raw, {"source": message.source, "uidl": message.uidl, "verdicts": details})
-        entry = self.state.add_quarantined(source=message.source, uidl=message.uidl, verdicts=details,
-                                           sha256=raw.sha256, size=raw.size, subject=message.subject)
-        log.warning("quarantined %s/%s (#%d): %s", message.source, message.uidl, entry,
-                    ", ".join(v.signature or v.reason or v.status for v in verdicts))
-        return entry
-
-    def dead_letter(self, raw: RawMessage, source: str, uidl: str, message: Message | None, *,
-                    sink: str | None, stage: str, error: str, attempts: int) -> int:
-        """Keep the raw bytes and the error; list the dead letter."""
-        self.store.put(raw, {"source": source, "uidl": uidl, "last_error": error, "stage": stage, "sink": sink})
-        entry = self.state.add_dead_letter(source=source, uidl=uidl, sink=sink, stage=stage, error=error,
-                                           attempts=attempts, sha256=raw.sha256, size=raw.size,
-                                           subject=message.subject if message else None)
-        log.error("dead letter #%d: %s/%s %s%s after %d attempt(s): %s", entry, source, uidl, stage,
-                  f" to {sink}" if sink else "", attempts, error)
-        return entry
-
     def _failed(self, message: Message | None, stage: str, error: BaseException, uidl: str) -> None:
         plugin = getattr(error, "plugin", None)
         log.warning("%s failed for uidl %s%s: %s", stage, uidl, f" (plugin {plugin})" if plugin else "",
                     describe_error(error))
         notify_failed(self.pm, message, stage, error)
 
-
-def notify_failed(pm: PopflowPluginManager, message: Message | None, stage: str, error: BaseException) -> None:
-    """Fire ``popflow_failed``; an observer that raises is logged, never allowed to stop the run."""
-    try:
-        pm.hook.popflow_failed(message=message, stage=stage, error=error)
-    except Exception as exc:
-        log.error("popflow_failed observer raised: %s", exc)
-
-
-def notify_delivered(pm: PopflowPluginManager, message: Message, sink: str) -> None:
-    """Fire ``popflow_delivered``; an observer that raises is logged and ignored."""
-    try:
-        pm.hook.popflow_delivered(message=message, sink=sink)
-    except Exception as exc:
-        log.error("popflow_delivered observer raised: %s", exc)

@@ -1,5 +1,11 @@
 """One poll of one source: list, decide, retrieve, run the pipeline, deliver, record, DELE, QUIT.
 
+Per batch: each retrieved message goes through :meth:`Pipeline.prepare
+<popflow.pipeline.Pipeline.prepare>` (a :class:`~popflow.outcome.Delivery` or a final
+:class:`~popflow.outcome.Outcome`), the deliveries through :meth:`Deliverer.deliver
+<popflow.delivery.Deliverer.deliver>`, every outcome into :meth:`Deliverer.record
+<popflow.delivery.Deliverer.record>`, and only what that recorded as handled is DELE'd.
+
 The order of work makes a crash at any point safe (see :mod:`popflow.state`): nothing is deleted
 from the server before every routed sink has committed it (or it was dropped, quarantined or
 dead-lettered) and the ledger has recorded it.
@@ -12,10 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from popflow.delivery import Deliverer, Item, SinkRunner
+from popflow.delivery import Deliverer
 from popflow.errors import DeliveryError, PopflowError, ServerMisbehaved, SourceConnectionError, describe_error
 from popflow.logs import log_fields
-from popflow.outcome import Outcome, PollCounts
+from popflow.outcome import Delivery, Outcome, PollCounts
 from popflow.pipeline import Pipeline
 from popflow.planner import MISBEHAVED, Plan, Planner, mailbox_hash
 from popflow.raw import RawMessage
@@ -53,10 +59,10 @@ class PollReport:
     def line(self) -> str:
         """One log line summarising the poll."""
         c = self.counts
-        text = (f"poll {self.source}: fetched={c.fetched} delivered={c.delivered} skipped={c.skipped} "
-                f"dropped={c.dropped} quarantined={c.quarantined} dead_letters={c.dead_letters} "
-                f"deferred={c.deferred} deleted={c.deleted} defects={c.defects} errors={c.errors} "
-                f"in {c.seconds:.2f}s")
+        text = (f"poll {self.source}: fetched={c.fetched} delivered={c.delivered} no_route={c.no_route} "
+                f"skipped={c.skipped} dropped={c.dropped} quarantined={c.quarantined} "
+                f"dead_letters={c.dead_letters} deferred={c.deferred} deleted={c.deleted} defects={c.defects} "
+                f"errors={c.errors} in {c.seconds:.2f}s")
         if self.error:
             text += f" — failed: {self.error}"
         if self.stopped:
@@ -66,10 +72,10 @@ class PollReport:
 
 @dataclass
 class _Batch:
-    """What one batch retrieved so far: outcomes decided before delivery, items to deliver, raw bytes."""
+    """What one batch retrieved so far: outcomes decided before delivery, deliveries, raw bytes."""
 
     outcomes: list[tuple[Listing, Outcome]] = field(default_factory=list)
-    items: list[tuple[Listing, Item]] = field(default_factory=list)
+    deliveries: list[tuple[Listing, Delivery]] = field(default_factory=list)
     raws: list[RawMessage] = field(default_factory=list)
     recognised: list[tuple[Listing, LedgerRow]] = field(default_factory=list)
     """Fetched messages that proved to be ones already handled (not delivered again)."""
@@ -78,11 +84,10 @@ class _Batch:
 class Poller:
     """Runs one poll of one source."""
 
-    def __init__(self, source: Source, runners: dict[str, SinkRunner], pipeline: Pipeline, state: StateStore,
-                 deliverer: Deliverer, batch_size: int = 100) -> None:
+    def __init__(self, source: Source, pipeline: Pipeline, deliverer: Deliverer, state: StateStore,
+                 batch_size: int = 100) -> None:
         self.source = source
         self.settings = source.config
-        self.runners = runners
         self.pipeline = pipeline
         self.state = state
         self.deliverer = deliverer
@@ -178,8 +183,7 @@ class Poller:
                     session.close(commit=False)
                 except Exception as exc:
                     log.debug("closing the session of %s: %s", self.source.name, exc)
-            for runner in self.runners.values():
-                runner.close()
+            self.deliverer.close()
             counts.seconds = time.monotonic() - started
             self.state.finish_run(run_id, report.status, counts.as_dict(), report.error)
         return report
@@ -208,10 +212,9 @@ class Poller:
                 self._retrieve(session, batch, counts, work)
             except SourceConnectionError as exc:
                 lost = exc  # deliver and record what arrived before the connection failed; no DELE
-            items = work.items
-            already = self.state.deliveries_pending(self.source.name, [item.uidl for _, item in items])
-            self.deliverer.deliver_batch([item for _, item in items], already)
-            outcomes = work.outcomes + [(listing, item.outcome()) for listing, item in items]
+            delivered = self.deliverer.deliver([delivery for _, delivery in work.deliveries])
+            outcomes = work.outcomes + [(listing, outcome) for (listing, _), outcome in
+                                        zip(work.deliveries, delivered, strict=True)]
             if self._gone:
                 self.state.record_gone(self.source.name, self._gone)
                 self._gone = []
@@ -247,7 +250,7 @@ class Poller:
             if isinstance(prepared, Outcome):
                 work.outcomes.append((listing, prepared))
             else:
-                work.items.append((listing, Item(listing.uidl, fetched, prepared.message, prepared.sinks)))
+                work.deliveries.append((listing, prepared))
             if self.stop.is_set():
                 self.stopped_early = True
                 break  # finish what was retrieved so far, then QUIT
@@ -284,31 +287,17 @@ class Poller:
 
     def _record_and_delete(self, session: SourceSession, outcomes: list[tuple[Listing, Outcome]],
                            counts: PollCounts, *, may_delete: bool = True) -> list[str]:
-        handled: list[HandledMessage] = []
-        delivered: list[tuple[str, str, str]] = []
-        partial: list[tuple[str, str, str]] = []
+        """Count and record the batch's outcomes; DELE (or keep) the handled ones. Returns DELE'd UIDLs."""
         to_delete: list[Listing] = []
         for listing, outcome in outcomes:
             counts.add(outcome)
-            message = outcome.message
-            triples = [(self.source.name, listing.uidl, sink) for sink in outcome.delivered]
             if outcome.handled:
-                handled.append(HandledMessage(
-                    self.source.name, listing.uidl, outcome.kind, size=listing.size,
-                    sha256=message.sha256 if message else "",
-                    message_id=message.message_id if message else None, reason=outcome.reason or None,
-                    server_uidl=listing.server_id, mailbox=self.mailbox,
-                    header_sha256=self._heads.get(listing.uidl)))
-                delivered += triples
                 to_delete.append(listing)
             else:
-                partial += triples
                 log.warning("%s/%s deferred, left on the server: %s", self.source.name, listing.uidl,
                             outcome.reason)
-        if partial:
-            self.state.record_deliveries(partial)
-        if handled:
-            self.state.record_handled(handled, delivered)
+        # The ledger first: once a handled message is recorded, a crash before QUIT cannot deliver it twice.
+        self.deliverer.record(self.source.name, outcomes, mailbox=self.mailbox, heads=self._heads)
         if not to_delete or not may_delete:
             return []
         if self.settings.keep_on_server:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from popflow.app import App
-from popflow.delivery import Deliverer, Item
 from popflow.outcome import Outcome
 from popflow.processes import Owner, new_owner
 
@@ -21,29 +20,22 @@ class ReplayResult:
 
 
 def _rerun(app: App, row: dict[str, Any], *, scan: bool, extra_sink: str | None) -> tuple[bool, str]:
+    """Run a stored message through the pipeline and the deliverer again, as a poll would."""
     if not app.store.has(row["sha256"]):
         return False, f"raw bytes missing ({app.store.where(row['sha256'])})"
     raw = app.store.get(row["sha256"])
-    pipeline = app.pipeline()
-    prepared = pipeline.prepare(raw, row["source"], row["uidl"], scan=scan)
+    prepared = app.pipeline().prepare(raw, row["source"], row["uidl"], scan=scan)
     if isinstance(prepared, Outcome):
         return prepared.kind in ("dropped", "no_route"), f"{prepared.kind}: {prepared.reason}"
-    sinks = list(prepared.sinks)
-    if extra_sink and extra_sink in app.sink_configs and extra_sink not in sinks:
-        sinks.append(extra_sink)
-    runners = app.sink_runners()
+    if extra_sink and extra_sink in app.sink_configs and extra_sink not in prepared.sinks:
+        prepared.sinks.append(extra_sink)  # the sink that dead-lettered it, though routes changed since
+    deliverer = app.deliverer()
     try:
-        item = Item(row["uidl"], raw, prepared.message, sinks)
-        # Sinks that already committed this message are not written again (a webhook would repeat).
-        already = app.state.deliveries_pending(row["source"], [row["uidl"]])
-        Deliverer(runners, pipeline, app.pm, app.context.stop).deliver_batch([item], already)
+        # Sinks the ledger lists for this message are not written again (a webhook would repeat).
+        outcome = deliverer.deliver([prepared])[0]
+        deliverer.record_deliveries([prepared])
     finally:
-        for runner in runners.values():
-            runner.close()
-    outcome = item.outcome()
-    fresh = [sink for sink in outcome.delivered if sink not in already.get(row["uidl"], set())]
-    if fresh:
-        app.state.record_deliveries([(row["source"], row["uidl"], sink) for sink in fresh])
+        deliverer.close()
     if outcome.kind == "delivered" and not outcome.dead_lettered:
         return True, "delivered to " + ", ".join(outcome.delivered)
     return False, f"{outcome.kind}: {outcome.reason}"

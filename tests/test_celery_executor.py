@@ -27,13 +27,10 @@ from sqlalchemy import create_engine, insert, text
 
 from popflow.executors.ticks import TickBook
 from popflow.state import StateStore, locks, now
-from tests.support import dovecot as dovecot_support
 from tests.support.dovecot import DovecotServer, free_port
 from tests.support.pipeline import sample_message
 from tests.support.scaleout import Proc, broker_url, pg_schema, purge_queue, queue_name, wait_until
 
-dovecot_server = dovecot_support.dovecot_server
-dovecot = dovecot_support.dovecot
 pytestmark = pytest.mark.timeout(180)
 
 

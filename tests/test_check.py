@@ -10,12 +10,8 @@ from typing import Any
 
 import yaml
 
-from tests.support import dovecot as dovecot_support
 from tests.support.databases import SERVER_URLS, TestDatabase, require_server
 from tests.support.dovecot import DovecotServer, free_port
-
-dovecot_server = dovecot_support.dovecot_server
-dovecot = dovecot_support.dovecot
 
 
 def popflow(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,9 @@ from click.testing import CliRunner
 
 from popflow.cli import main
 from popflow.testing import POP3TestServer
-from tests.support import clamd as clamd_support
 from tests.support.clamd import ClamdServer
 from tests.support.pipeline import maildir_files, make_app, write_config
 from tests.test_clamav import clean_mail, eicar_attachment, eicar_zip
-
-clamd_private = clamd_support.clamd_private  # a clamd this module may stop and start
 
 
 def delivered(maildir: Path) -> list[bytes]:

@@ -26,7 +26,7 @@ from popflow.migrate import head_revision
 from popflow.raw import RawMessage
 from popflow.sinks import database as database_module
 from popflow.sinks.database import MIGRATIONS, DatabaseConfig, DatabaseSink
-from tests.support.databases import SERVER_URLS, TestDatabase, database, require_server  # noqa: F401
+from tests.support.databases import SERVER_URLS, TestDatabase, require_server
 
 PASSWORD = "s3cr3t-Pa55word"
 RAW = b"From: Ann <ann@example.com>\r\nSubject: Hello\r\n\r\nbody \xff\x00 bytes\r\n"
@@ -66,7 +66,7 @@ def make_sink(target: TestDatabase, tmp_path: Path, **options: Any) -> DatabaseS
 
 
 @pytest.fixture
-def sink(database: TestDatabase, tmp_path: Path) -> Iterator[DatabaseSink]:  # noqa: F811
+def sink(database: TestDatabase, tmp_path: Path) -> Iterator[DatabaseSink]:
     """An open sink with default options."""
     opened = make_sink(database, tmp_path)
     opened.open()
@@ -121,7 +121,7 @@ def break_connection(target: TestDatabase, sink: DatabaseSink) -> None:
 
 
 # -- schema --------------------------------------------------------------------------------------
-def test_open_creates_the_schema_by_migration(sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
+def test_open_creates_the_schema_by_migration(sink: DatabaseSink, database: TestDatabase) -> None:
     with sink.engine.connect() as connection:
         version = connection.execute(text(f"SELECT version_num FROM {database.prefix}alembic_version")).all()
         assert [row[0] for row in version] == [head_revision(MIGRATIONS)] == ["0001"]
@@ -145,7 +145,8 @@ def test_write_and_commit_stores_every_field(sink: DatabaseSink) -> None:
     assert (row.source, row.uidl, row.message_id) == ("support", "uidl-1", "<uidl-1@example.com>")
     assert (row.subject, row.from_name, row.from_address) == ("Hello", "Ann Example", "ann@example.com")
     assert row.to == [{"name": "", "address": "bob@example.com"}, {"name": "Cé", "address": "ce@example.com"}]
-    assert row.cc == [] and row.reply_to == [{"name": "", "address": "reply@example.com"}]
+    assert row.cc == []
+    assert row.reply_to == [{"name": "", "address": "reply@example.com"}]
     assert row.date == datetime(2024, 5, 1, 10, 30, tzinfo=UTC)
     assert (row.size, row.sha256) == (len(RAW), hashlib.sha256(RAW).hexdigest())
     assert (row.text, row.html) == ("plain body", "<p>html</p>")
@@ -180,7 +181,7 @@ def test_uidls_are_case_sensitive(sink: DatabaseSink) -> None:
         ("other", "abc"), ("support", "ABC"), ("support", "Abc"), ("support", "abc")]
 
 
-def test_a_batch_is_one_transaction(sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
+def test_a_batch_is_one_transaction(sink: DatabaseSink, database: TestDatabase) -> None:
     for number in range(100):
         sink.write(make_message(f"u{number:03d}", attachments=(("a.txt", b"x"),)))
     assert count(database, "messages") == 0  # nothing visible before commit
@@ -189,7 +190,7 @@ def test_a_batch_is_one_transaction(sink: DatabaseSink, database: TestDatabase) 
     assert count(database, "attachments") == 100
 
 
-def test_rollback_leaves_nothing(sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
+def test_rollback_leaves_nothing(sink: DatabaseSink, database: TestDatabase) -> None:
     for number in range(3):
         sink.write(make_message(f"u{number}", attachments=(("a.txt", b"x"),)))
     sink.rollback()
@@ -200,7 +201,7 @@ def test_rollback_leaves_nothing(sink: DatabaseSink, database: TestDatabase) -> 
     assert count(database, "messages") == 1
 
 
-def test_store_raw_keeps_the_exact_bytes(database: TestDatabase, tmp_path: Path) -> None:  # noqa: F811
+def test_store_raw_keeps_the_exact_bytes(database: TestDatabase, tmp_path: Path) -> None:
     raw = RAW + bytes(range(256)) * 300  # every byte value, past 64 KB (MariaDB's BLOB limit)
     sink = make_sink(database, tmp_path, store_raw=True, store_attachments=True)
     sink.open()
@@ -209,7 +210,8 @@ def test_store_raw_keeps_the_exact_bytes(database: TestDatabase, tmp_path: Path)
         sink.write(make_message(raw=raw, attachments=(("big.bin", content), ("empty.txt", b""))))
         sink.commit()
         [row] = rows(sink.engine, sink.tables.messages)
-        assert bytes(row.raw) == raw and row.size == len(raw)
+        assert bytes(row.raw) == raw
+        assert row.size == len(raw)
         assert [bytes(a.content) for a in rows(sink.engine, sink.tables.attachments)] == [content, b""]
     finally:
         sink.close()
@@ -272,7 +274,7 @@ def reject_subject(target: TestDatabase, subject: str) -> None:
 
 
 def test_a_refused_message_is_a_dead_letter_and_never_half_commits_a_batch(
-        sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
+        sink: DatabaseSink, database: TestDatabase) -> None:
     reject_subject(database, "reject-me")
     sink.write(make_message("before", attachments=(("a.txt", b"a"),)))
     with pytest.raises(DeadLetterError, match="writing support/bad"):
@@ -291,7 +293,7 @@ def test_a_refused_message_is_a_dead_letter_and_never_half_commits_a_batch(
     assert count(database, "attachments") == 1
 
 
-def test_concurrent_writers_store_a_message_once(database: TestDatabase, tmp_path: Path) -> None:  # noqa: F811
+def test_concurrent_writers_store_a_message_once(database: TestDatabase, tmp_path: Path) -> None:
     first = make_sink(database, tmp_path, connect_timeout=0.3)
     second = make_sink(database, tmp_path, connect_timeout=0.3)
     first.open()
@@ -349,7 +351,7 @@ def test_unreachable_database_is_retryable(tmp_path: Path) -> None:
 
 
 def test_lost_connection_fails_write_and_commit_as_retryable(
-        sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
+        sink: DatabaseSink, database: TestDatabase) -> None:
     sink.write(make_message("one"))
     break_connection(database, sink)
     with pytest.raises(RetryableError, match="writing support/two"):
@@ -416,7 +418,7 @@ def test_errors_are_classified(tmp_path: Path, error: Exception, expected: type[
     assert str(classified).startswith("database sink db: writing s/u: ")
 
 
-def test_the_password_never_shows(database: TestDatabase, tmp_path: Path,  # noqa: F811
+def test_the_password_never_shows(database: TestDatabase, tmp_path: Path,
                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     sink = make_sink(database, tmp_path, url=database.with_password(PASSWORD))
@@ -438,19 +440,21 @@ def test_the_password_never_shows(database: TestDatabase, tmp_path: Path,  # noq
         assert ":***@" in sink.describe()
 
 
-def test_describe_and_check(sink: DatabaseSink, database: TestDatabase) -> None:  # noqa: F811
+def test_describe_and_check(sink: DatabaseSink, database: TestDatabase) -> None:
     assert sink.describe().endswith(f"(prefix {database.prefix})")
     sink.write(make_message("a"))
     sink.write(make_message("b"))
     sink.commit()
     product = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mariadb": "MariaDB"}[database.kind]
     report = sink.check()
-    assert report.startswith(f"ok: {product} ") and report.endswith(", 2 messages"), report
+    assert report.startswith(f"ok: {product} "), report
+    assert report.endswith(", 2 messages"), report
 
 
-def test_check_before_the_schema_exists_changes_nothing(database: TestDatabase, tmp_path: Path) -> None:  # noqa: F811
+def test_check_before_the_schema_exists_changes_nothing(database: TestDatabase, tmp_path: Path) -> None:
     report = make_sink(database, tmp_path).check()
-    assert report.startswith("ok: ") and "tables not created yet" in report
+    assert report.startswith("ok: ")
+    assert "tables not created yet" in report
     assert count_tables(database) == 0
 
 
@@ -475,7 +479,8 @@ def test_a_bad_url_is_refused_without_echoing_it() -> None:
         DatabaseConfig(type="database", url=f"not a url {PASSWORD}")
     assert "not a valid SQLAlchemy URL" in str(caught.value)
     config = DatabaseConfig(type="database", url=f"postgresql://u:{PASSWORD}@h/db")
-    assert PASSWORD not in repr(config) and PASSWORD not in str(config.model_dump())
+    assert PASSWORD not in repr(config)
+    assert PASSWORD not in str(config.model_dump())
 
 
 def test_relative_sqlite_paths_follow_the_config_file(tmp_path: Path) -> None:
@@ -495,7 +500,7 @@ def test_the_plugin_registers_the_database_type() -> None:
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"  # beside the checkout
 
 
-def test_every_corpus_message_is_stored(database: TestDatabase, tmp_path: Path) -> None:  # noqa: F811
+def test_every_corpus_message_is_stored(database: TestDatabase, tmp_path: Path) -> None:
     if not (CORPUS / "MANIFEST.tsv").is_file():
         pytest.fail("corpus missing") if os.environ.get("CI") == "true" else pytest.skip(f"no corpus at {CORPUS}")
     try:

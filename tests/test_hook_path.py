@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from popflow import hookimpl
+from popflow.holding import Holding
 from popflow.hookcall import PluginHookError
 from popflow.message import Message
-from popflow.outcome import Outcome, Routed
+from popflow.outcome import Delivery, Outcome
 from popflow.pipeline import Pipeline
 from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
@@ -69,11 +70,11 @@ class Broken:
         raise KeyError("boom")
 
 
-def prepare(tmp_path: Path, *plugins: object) -> Routed | Outcome:
+def prepare(tmp_path: Path, *plugins: object) -> Delivery | Outcome:
     pm = make_plugin_manager(extra_plugins=[RouteAll(), *plugins], load_entry_points=False)
     state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     try:
-        pipeline = Pipeline(pm, state, MessageStore(tmp_path / "messages"), {"archive"})
+        pipeline = Pipeline(pm, Holding(state, MessageStore(tmp_path / "messages")), {"archive"})
         return pipeline.prepare(RawMessage.from_bytes(MAIL), "box", "u1")
     finally:
         state.close()
@@ -82,7 +83,7 @@ def prepare(tmp_path: Path, *plugins: object) -> Routed | Outcome:
 def test_wrapper_around_transform_runs_on_the_poll_path(tmp_path: Path) -> None:
     wrapper = Wrapper()
     routed = prepare(tmp_path, wrapper)
-    assert isinstance(routed, Routed)
+    assert isinstance(routed, Delivery)
     assert wrapper.seen == ["before", "after"]
     assert "wrapped" in routed.message.tags
 

@@ -27,7 +27,7 @@ import pytest
 from popflow.sinks.folder import delivery_key
 from popflow.testing import POP3TestServer
 from popflow.testing.mailbox import to_wire
-from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
+from tests.support.dovecot import DovecotServer
 from tests.support.killing import pop3_source, write_yaml_config
 from tests.support.pipeline import maildir_files, make_app, write_config
 
@@ -92,7 +92,8 @@ def test_hostile_mail_is_stored_everywhere(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
         app.close()
         assert report.clean, report.line()
-        assert report.counts.delivered == len(HOSTILE) and server.messages() == []
+        assert report.counts.delivered == len(HOSTILE)
+        assert server.messages() == []
     assert elapsed < 60, f"hostile mail took {elapsed:.1f}s"
 
     # Maildir: byte-identical to what the server sent, one file per message.
@@ -136,7 +137,7 @@ def _corpus_files() -> list[Path]:
         return [CORPUS / row["dest_file"] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
-def test_corpus_through_dovecot(dovecot: DovecotServer, tmp_path: Path) -> None:  # noqa: F811
+def test_corpus_through_dovecot(dovecot: DovecotServer, tmp_path: Path) -> None:
     files = _corpus_files()
     originals = [path.read_bytes() for path in files]
     for raw in originals:
@@ -154,7 +155,8 @@ def test_corpus_through_dovecot(dovecot: DovecotServer, tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     app.close()
     assert report.clean, report.line()
-    assert report.counts.delivered == len(files) and dovecot.count() == 0
+    assert report.counts.delivered == len(files)
+    assert dovecot.count() == 0
     delivered = [path.read_bytes() for path in maildir_files(tmp_path / "mail")]
     assert sorted(_crlf(raw) for raw in delivered) == sorted(_crlf(raw) for raw in originals)
     with sqlite3.connect(tmp_path / "mail.db") as db:

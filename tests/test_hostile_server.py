@@ -20,7 +20,6 @@ import pytest
 from popflow.testing.mailbox import to_wire as wire_form
 from tests.support.pipeline import maildir_files, make_app, write_config
 from tests.support.scripted_pop3 import Entry, ScriptedPop3, ScriptedSession
-from tests.test_state import store_url  # noqa: F401  (fixture: sqlite, postgresql, mariadb)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +74,8 @@ def test_a_listing_that_never_ends_is_cut_off(tmp_path: Path, command: bytes) ->
         error, _delivered, _ = poll(config(tmp_path, server))
         elapsed = time.monotonic() - started
         assert len(server.remaining()) == 1
-    assert error is not None and "went on past" in error, error
+    assert error is not None, error
+    assert "went on past" in error, error
     assert elapsed < 20
     assert endless.sent < 64 * 1024 + SOCKET_SLACK  # CAPA: 64 KB; LIST/UIDL of one message: 72 KB
 
@@ -87,7 +87,8 @@ def test_an_endless_top_is_cut_off(tmp_path: Path) -> None:
                       handlers={b"UIDL": lambda session, args: b"-ERR no UIDL\r\n", b"TOP": endless}) as server:
         error, _delivered, _ = poll(config(tmp_path, server))
         assert len(server.remaining()) == 1
-    assert error is not None and "TOP 1 0 went on past" in error, error
+    assert error is not None, error
+    assert "TOP 1 0 went on past" in error, error
     assert endless.sent < 4 * MB + SOCKET_SLACK  # TOP replies are capped at 4 MB
 
 
@@ -99,14 +100,20 @@ def test_a_retr_streaming_past_its_size_is_cut_off_and_skipped_from_then_on(tmp_
         server.handlers[b"RETR"] = lambda session, args: runaway(session, args) if args == [b"2"] else None
         path = config(tmp_path, server, pipelining=False)
         error, delivered, _ = poll(path)
-        assert error is not None and "RETR 2" in error and "went on past" in error, error
+        assert error is not None, error
+        assert "RETR 2" in error, error
+        assert "went on past" in error, error
         assert delivered == 1  # the message retrieved before the runaway one is delivered
         assert runaway.sent < 1 * MB + SOCKET_SLACK  # 2 x the listed size + 1 MB, then the connection drops
         assert list((tmp_path / "data").rglob("spool-*")) == []  # the partial spool file is gone
         error, delivered, skipped = poll(path)
-        assert error is None and delivered == 1 and skipped == 1
+        assert error is None
+        assert delivered == 1
+        assert skipped == 1
         error, delivered, skipped = poll(path)
-        assert error is None and delivered == 0 and skipped == 1
+        assert error is None
+        assert delivered == 0
+        assert skipped == 1
         assert [entry.raw for entry in server.remaining()] == [message("second")]  # left on the server
     assert in_maildir(tmp_path) == sorted(wire_form(m) for m in good)
     app = make_app(path)
@@ -130,7 +137,9 @@ def test_a_trickling_retr_hits_its_deadline(tmp_path: Path) -> None:
         error, _delivered, _ = poll(config(tmp_path, server))
         elapsed = time.monotonic() - started
         assert len(server.remaining()) == 1
-    assert error is not None and "timed out after" in error and "RETR 1" in error, error
+    assert error is not None, error
+    assert "timed out after" in error, error
+    assert "RETR 1" in error, error
     assert elapsed < 15
 
 
@@ -147,7 +156,8 @@ def test_sigterm_ends_a_poll_stuck_on_a_trickling_server(tmp_path: Path) -> None
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
         deadline = time.monotonic() + 20
         while not any(c.startswith(b"RETR") for c in server.commands):
-            assert time.monotonic() < deadline and process.poll() is None, "the poll never sent RETR"
+            assert time.monotonic() < deadline, "the poll never sent RETR"
+            assert process.poll() is None, "the poll never sent RETR"
             time.sleep(0.05)
         time.sleep(1.0)
         process.send_signal(signal.SIGTERM)
@@ -160,7 +170,7 @@ def test_sigterm_ends_a_poll_stuck_on_a_trickling_server(tmp_path: Path) -> None
     assert b"Traceback" not in output
 
 
-def test_bad_listing_entries_cost_only_themselves(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_bad_listing_entries_cost_only_themselves(tmp_path: Path, store_url: str) -> None:
     long_uidl = b"L" * 300
     entries = [Entry(b"1", message("plain")),
                Entry(b"2", message("huge-size"), listed_size=b"99999999999999999999"),
@@ -173,9 +183,13 @@ def test_bad_listing_entries_cost_only_themselves(tmp_path: Path, store_url: str
     with ScriptedPop3(entries) as server:
         path = config(tmp_path, server, state=store_url)
         error, delivered, skipped = poll(path)
-        assert error is None and delivered == 5 and skipped == 2
+        assert error is None
+        assert delivered == 5
+        assert skipped == 2
         error, delivered, skipped = poll(path)
-        assert error is None and delivered == 0 and skipped == 2
+        assert error is None
+        assert delivered == 0
+        assert skipped == 2
         assert sorted(entry.raw for entry in server.remaining()) == sorted([message("huge-size"), message("negative")])
     assert in_maildir(tmp_path) == sorted(wire_form(m) for m in flowing)
     app = make_app(path)

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 
 from popflow.errors import AuthenticationError
-from tests.support import imap as imap_support
-from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
+from tests.support.dovecot import DovecotServer
 from tests.support.imap import deliver_to, files, flags, make_folder, write_imap_config
 from tests.support.pipeline import maildir_files, make_app, sample_message
 
-imap_dovecot = imap_support.imap_dovecot
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import imap as imap_support
-from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
+from tests.support.dovecot import DovecotServer
 from tests.support.imap import files, reset_uidvalidity, write_imap_config
 from tests.support.killing import maildir_ids
 from tests.support.pipeline import make_app, sample_message
 
-imap_dovecot = imap_support.imap_dovecot
 pytestmark = pytest.mark.timeout(120)
 
 

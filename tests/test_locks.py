@@ -22,13 +22,12 @@ from sqlalchemy import insert
 from popflow.locks import Lease, LockBusy
 from popflow.processes import this_host
 from popflow.state import StateStore, locks, now
-from tests.test_state import store_url  # noqa: F401  (fixture: sqlite, postgresql, mariadb)
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def stores(store_url: str) -> Iterator[list[StateStore]]:  # noqa: F811
+def stores(store_url: str) -> Iterator[list[StateStore]]:
     """Three state stores (three connection pools) on one database, as three processes would have."""
     opened = [StateStore(store_url) for _ in range(3)]
     yield opened
@@ -40,7 +39,8 @@ def test_one_holder_at_a_time(stores: list[StateStore]) -> None:
     first = Lease(stores[0], "support").acquire()
     with pytest.raises(LockBusy) as busy:
         Lease(stores[1], "support").acquire()
-    assert busy.value.holder is not None and busy.value.holder.owner == first.owner
+    assert busy.value.holder is not None
+    assert busy.value.holder.owner == first.owner
     assert busy.value.holder.describe().startswith(f"{this_host()}:")
     with Lease(stores[1], "orders"):  # another source: its own lease
         pass
@@ -98,7 +98,7 @@ def test_a_renewed_lease_outlives_its_length(stores: list[StateStore]) -> None:
     held.release()
 
 
-def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_url: str,  # noqa: F811
+def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_url: str,
                                                                            tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
@@ -113,7 +113,8 @@ def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(store_
         try:
             with pytest.raises(LockBusy) as busy:
                 Lease(store, "support").acquire()  # alive: refused, although it is our host
-            assert busy.value.holder is not None and busy.value.holder.owner == owner
+            assert busy.value.holder is not None
+            assert busy.value.holder.owner == owner
             holder.kill()
             holder.wait(10)
             taken = Lease(store, "support").acquire()  # dead: taken at once, an hour before expiry

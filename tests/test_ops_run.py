@@ -22,16 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from tests.support import dovecot as dovecot_support
 from tests.support.browser import page_fields, rendered_dom, screenshot
-from tests.support.databases import SERVER_URLS, require_server
+from tests.support.databases import SERVER_URLS, drop_state_tables, require_server
 from tests.support.dovecot import DovecotServer, free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_run import delivered, dovecot_source, mail, wait_until, write_config
-from tests.test_state import drop_state_tables
-
-dovecot_server = dovecot_support.dovecot_server
-dovecot = dovecot_support.dovecot
 
 pytestmark = pytest.mark.timeout(240)
 WRONG_PASSWORD = "not-the-password-4711"

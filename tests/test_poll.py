@@ -26,7 +26,9 @@ def test_poll_delivers_everything_and_empties_server(tmp_path: Path, server: POP
     report = app.poll("test")
     app.close()
     assert report.clean, report.line()
-    assert report.counts.fetched == 20 and report.counts.delivered == 20 and report.counts.deleted == 20
+    assert report.counts.fetched == 20
+    assert report.counts.delivered == 20
+    assert report.counts.deleted == 20
     assert server.messages() == []
     delivered = sorted(path.read_bytes() for path in maildir_files(tmp_path / "mail"))
     assert delivered == sorted(originals)  # byte-identical, leading dots included
@@ -56,7 +58,8 @@ def test_delete_after_removes_old_messages(tmp_path: Path, server: POP3TestServe
     assert len(server.messages()) == 20
     report = app.poll("test")
     app.close()
-    assert report.counts.fetched == 0 and report.counts.deleted == 20
+    assert report.counts.fetched == 0
+    assert report.counts.deleted == 20
     assert server.messages() == []
 
 
@@ -66,13 +69,16 @@ def test_max_size_skips_and_leaves_on_server(tmp_path: Path) -> None:
         app = make_app(write_config(tmp_path, server, source={"max_size": "100KB"}))
         report = app.poll("test")
         assert report.clean
-        assert report.counts.skipped == 1 and report.counts.delivered == 1
+        assert report.counts.skipped == 1
+        assert report.counts.delivered == 1
         assert server.messages() == [big]
         assert app.state.ledger_for("test")[server.uidls()[0]].state == "skipped"
         again = app.poll("test")  # still skipped and counted, never fetched
         app.close()
-        assert again.counts.skipped == 1 and again.counts.fetched == 0
-        assert server.messages() == [big] and server.stats.retr == 1
+        assert again.counts.skipped == 1
+        assert again.counts.fetched == 0
+        assert server.messages() == [big]
+        assert server.stats.retr == 1
 
 
 def test_max_messages_limits_one_poll(tmp_path: Path, server: POP3TestServer) -> None:
@@ -97,10 +103,25 @@ def test_filters_drop_and_routes_split(tmp_path: Path) -> None:
         app = make_app(config)
         report = app.poll("test")
         app.close()
-        assert report.counts.dropped == 1 and report.counts.delivered == 2
+        assert report.counts.dropped == 1
+        assert report.counts.delivered == 2
         assert server.messages() == []
     rows = sqlite3.connect(tmp_path / "orders.db").execute("select subject from popflow_messages").fetchall()
     assert rows == [("Order #42 confirmed",)]
+    assert len(maildir_files(tmp_path / "mail")) == 1
+
+
+def test_a_message_no_route_matches_counts_as_no_route_not_delivered(tmp_path: Path) -> None:
+    mail = [sample_message(1, to="orders@shop.example"), sample_message(2)]
+    with POP3TestServer(mail) as server:
+        config = write_config(tmp_path, server, routes=[{"match": {"to": "orders@*"}, "sinks": ["archive"]}])
+        app = make_app(config)
+        report = app.poll("test")
+        app.close()
+        assert server.messages() == []  # handled: a message no route matches leaves the server too
+    assert report.counts.delivered == 1
+    assert report.counts.no_route == 1
+    assert " delivered=1 no_route=1 " in report.line()
     assert len(maildir_files(tmp_path / "mail")) == 1
 
 
@@ -135,7 +156,8 @@ def test_handled_but_not_quit_is_deleted_without_redelivery(tmp_path: Path, serv
     assert len(server.messages()) == 20
     report = app.poll("test")
     app.close()
-    assert report.counts.fetched == 0 and report.counts.deleted == 20
+    assert report.counts.fetched == 0
+    assert report.counts.deleted == 20
     assert server.messages() == []
     assert len(maildir_files(tmp_path / "mail")) == 20
     assert max(server.stats.retrieved.values()) == 1
@@ -180,15 +202,18 @@ def test_failing_sink_retries_then_dead_letters_and_replays(tmp_path: Path) -> N
         report = app.poll("test")
         assert not report.clean
         # message 1: 3 attempts then dead letter; message 2 deferred (sink down for the rest of the poll)
-        assert report.counts.dead_letters == 1 and report.counts.deferred == 1
+        assert report.counts.dead_letters == 1
+        assert report.counts.deferred == 1
         assert len(server.messages()) == 1
         assert len(maildir_files(tmp_path / "mail")) == 2  # the healthy sink has both
         flaky.failures = 0
         report = app.poll("test")
-        assert report.clean and server.messages() == []
+        assert report.clean
+        assert server.messages() == []
         assert len(maildir_files(tmp_path / "mail")) == 2  # idempotent: no duplicate in the archive
         dead = app.state.dead_letters()
-        assert len(dead) == 1 and dead[0]["sink"] == "hook"
+        assert len(dead) == 1
+        assert dead[0]["sink"] == "hook"
         from popflow.replay import replay_dead_letters
 
         results = replay_dead_letters(app)
@@ -215,10 +240,12 @@ def test_plugin_raising_for_one_message_does_not_stop_others(tmp_path: Path,
         app = make_app(write_config(tmp_path, server), extra_plugins=[ExplodingTransform()])
         report = app.poll("test")
         app.close()
-        assert report.counts.delivered == 2 and report.counts.dead_letters == 1
+        assert report.counts.delivered == 2
+        assert report.counts.dead_letters == 1
         assert server.messages() == []  # a dead letter is handled: kept under data_dir, deleted from server
     dead = app.state.dead_letters()
-    assert dead[0]["stage"] == "transform" and "cannot enrich" in dead[0]["error"]
+    assert dead[0]["stage"] == "transform"
+    assert "cannot enrich" in dead[0]["error"]
     assert app.store.path_for(dead[0]["sha256"]).exists()
     assert "ExplodingTransform" in caplog.text or "extra-0" in caplog.text
 
@@ -262,5 +289,6 @@ def test_failure_mid_batch_never_repeats_a_durable_write(tmp_path: Path) -> None
         app.close()
         assert report.clean, report.line()
         assert server.messages() == []
-    assert sorted(plugin.successes) == sorted(set(plugin.successes)) and len(plugin.successes) == 3
+    assert sorted(plugin.successes) == sorted(set(plugin.successes))
+    assert len(plugin.successes) == 3
     assert plugin.calls == 4  # three successes and the one failed attempt

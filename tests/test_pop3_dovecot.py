@@ -16,12 +16,7 @@ from popflow.errors import AuthenticationError, SourceConnectionError
 from popflow.raw import RawMessage
 from popflow.sources.pop3 import Pop3Config, Pop3Source
 from popflow.sources.pop3_session import Pop3Session
-from tests.support import dovecot as dovecot_support
 from tests.support.dovecot import DovecotServer
-
-# The fixtures (the server is shared by the whole session; `dovecot` empties its mailbox).
-dovecot_server = dovecot_support.dovecot_server
-dovecot = dovecot_support.dovecot
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,11 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import popa3d as popa3d_support
 from tests.support.pipeline import maildir_files, sample_message
 from tests.support.popa3d import Popa3dServer
-
-popa3d = popa3d_support.popa3d  # the fixture: a running popa3d with an empty mbox
 
 pytestmark = pytest.mark.timeout(180)
 

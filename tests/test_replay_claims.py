@@ -14,7 +14,6 @@ from sqlalchemy import event
 
 from popflow.processes import new_owner, this_host
 from popflow.state import StateStore
-from tests.test_locks import store_url  # noqa: F401  (the three-database fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,7 +33,7 @@ def _ops(store: StateStore, kind: str) -> tuple[Any, Any, Any]:
 
 
 @pytest.mark.parametrize("kind", ["dead-letter", "quarantine"])
-def test_an_entry_is_claimed_by_one_replay_at_a_time(store_url: str, kind: str) -> None:  # noqa: F811
+def test_an_entry_is_claimed_by_one_replay_at_a_time(store_url: str, kind: str) -> None:
     store = StateStore(store_url)
     try:
         entry = _add(store, kind)
@@ -54,7 +53,7 @@ def test_an_entry_is_claimed_by_one_replay_at_a_time(store_url: str, kind: str) 
         store.close()
 
 
-def test_recording_a_delivery_another_process_just_recorded_is_no_error(store_url: str) -> None:  # noqa: F811
+def test_recording_a_delivery_another_process_just_recorded_is_no_error(store_url: str) -> None:
     mine, theirs = StateStore(store_url), StateStore(store_url)
     try:
         def insert_theirs_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

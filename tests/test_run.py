@@ -24,12 +24,9 @@ from popflow.config import parse_config
 from popflow.poller import PollReport
 from popflow.scheduler import PollScheduler, describe_schedule, trigger_for
 from popflow.testing import POP3TestServer
-from tests.support import dovecot as dovecot_support
 from tests.support.dovecot import DovecotServer, free_port
 
 # The shared private Dovecot's fixtures, under their own names.
-dovecot_server = dovecot_support.dovecot_server
-dovecot = dovecot_support.dovecot
 
 pytestmark = pytest.mark.timeout(60)
 

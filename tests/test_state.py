@@ -2,38 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import text
 
 from popflow.state import SCHEMA_HEAD, VERSION_TABLE, HandledMessage, StateStore, StateStoreError, metadata
-from tests.support.databases import SERVER_URLS, require_server
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind: str = request.param
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    require_server(kind)
-    url = SERVER_URLS[kind]
-    drop_state_tables(url)
-    yield url
-    drop_state_tables(url)
-
-
-def drop_state_tables(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        existing = MetaData()
-        existing.reflect(engine, only=lambda name, _: name.startswith("popflow_") and not name[8:9].isdigit()
-                         and name in {*metadata.tables, VERSION_TABLE})
-        existing.drop_all(engine)
-    finally:
-        engine.dispose()
 
 
 def test_schema_comes_from_the_migration_and_matches_the_code(store_url: str) -> None:

@@ -41,7 +41,7 @@ def outcome_counts(report: PollReport) -> dict[str, int]:
     one sink and dead-lettered for another counts as both ``delivered`` and ``dead_letter``.
     """
     c = report.counts
-    return {"delivered": c.delivered - c.no_route, "no_route": c.no_route, "dropped": c.dropped,
+    return {"delivered": c.delivered, "no_route": c.no_route, "dropped": c.dropped,
             "quarantined": c.quarantined, "dead_letter": c.dead_letters, "deferred": c.deferred,
             "skipped": c.newly_skipped}
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from popflow.ops.server import OpsServer
 
 REFRESH_SECONDS = 10
-COUNT_KEYS = ("fetched", "delivered", "skipped", "dropped", "quarantined", "dead_letters", "deferred", "errors")
+COUNT_KEYS = ("fetched", "delivered", "no_route", "skipped", "dropped", "quarantined", "dead_letters", "deferred",
+              "errors")
 
 
 def esc(value: Any) -> str:

@@ -1,8 +1,6 @@
 """SQL databases for tests: SQLite (a temporary file), PostgreSQL and MariaDB on loopback.
 
-Usage in a test module::
-
-    from tests.support.databases import database  # noqa: F401  (pytest fixture)
+Usage in a test module (the fixtures are registered for every module by tests/conftest.py)::
 
     def test_something(database):     # runs three times: sqlite, postgresql, mariadb
         sink_options = {"url": database.url, "table_prefix": database.prefix}
@@ -13,6 +11,8 @@ Fixtures:
   :class:`TestDatabase` with a SQLAlchemy ``url`` and a unique ``prefix`` (``t<random>_``), so
   parallel runs and tests never share tables. At teardown every table whose name starts with the
   prefix is dropped.
+* ``store_url`` (function scope, same three kinds): a URL for popflow's own state store; on the
+  servers, popflow's state tables are dropped before and after the test.
 
 Servers: ``POPFLOW_TEST_POSTGRES_URL`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``)
 and ``POPFLOW_TEST_MYSQL_URL`` (default ``mysql+pymysql://root@127.0.0.1:3306/test``). A server that
@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
+
+from popflow.state import VERSION_TABLE, metadata
 
 SERVER_URLS = {
     "postgresql": os.environ.get("POPFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -114,3 +116,29 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestDat
     finally:
         if kind != "sqlite":
             target.drop_tables()
+
+
+@pytest.fixture(params=KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A state-store URL of each kind; on the servers, popflow's state tables are dropped around the test."""
+    kind: str = request.param
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    require_server(kind)
+    url = SERVER_URLS[kind]
+    drop_state_tables(url)
+    yield url
+    drop_state_tables(url)
+
+
+def drop_state_tables(url: str) -> None:
+    """Drop popflow's state tables (not a sink's prefixed ones) from the database at ``url``."""
+    engine = create_engine(url)
+    try:
+        existing = MetaData()
+        existing.reflect(engine, only=lambda name, _: name.startswith("popflow_") and not name[8:9].isdigit()
+                         and name in {*metadata.tables, VERSION_TABLE})
+        existing.drop_all(engine)
+    finally:
+        engine.dispose()

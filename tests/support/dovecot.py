@@ -1,11 +1,6 @@
 """A private Dovecot POP3 server for tests: real peer, own config, never the system instance.
 
-Usage in a test module::
-
-    from tests.support import dovecot as dovecot_support
-
-    dovecot_server = dovecot_support.dovecot_server   # pytest finds fixtures by module attribute
-    dovecot = dovecot_support.dovecot
+Usage in a test module (tests/conftest.py registers the fixtures for every module)::
 
     def test_something(dovecot):          # empty mailbox, server shared by the whole session
         dovecot.deliver(b"Subject: hi\\r\\n\\r\\nbody\\r\\n")
