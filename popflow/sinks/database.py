@@ -42,7 +42,8 @@ from popflow.message import Message
 from popflow.migrate import current_revision, head_revision, upgrade
 from popflow.private import ensure_private_sqlite
 from popflow.sinks.base import Sink
-from popflow.sinks.db_rows import attachment_rows, message_row
+from popflow.sinks.db_blobs import insert_attachments, prepare, streams, write_blobs
+from popflow.sinks.db_rows import LargeValue, attachment_rows, message_row
 from popflow.sinks.db_schema import SinkTables, tables_for, validate_prefix
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ def mysql_statement_size(row: dict[str, Any]) -> int:
     for value in row.values():
         if isinstance(value, dict | list):
             value = _json_dumps(value)
-        if isinstance(value, bytes):
+        if isinstance(value, LargeValue):
+            size += 2 * value.size + 16
+        elif isinstance(value, bytes):
             size += 2 * len(value) + 16
         elif isinstance(value, str):
             data = value.encode("utf-8")
@@ -295,8 +298,7 @@ class DatabaseSink(Sink):
                 connection = self._transaction()
                 message_pk = self._insert_message(connection, row)
                 if message_pk is not None and attachments:
-                    connection.execute(insert(self.tables.attachments),
-                                       [{**item, "message_id": message_pk} for item in attachments])
+                    insert_attachments(connection, self.tables.attachments, message_pk, attachments)
         except DeliveryError:
             # A failed statement aborts the transaction on PostgreSQL and may leave a message row
             # without its attachments elsewhere: drop the batch rather than ever commit that.
@@ -325,16 +327,23 @@ class DatabaseSink(Sink):
         if dialect in ("postgresql", "sqlite"):
             from sqlalchemy.dialects import postgresql, sqlite  # not at import: see json_type()
 
+            row = dict(row)
+            pending = prepare(row, streams(connection))
             dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = (dialect_insert(table).values(**row)
                          .on_conflict_do_nothing(index_elements=["source", "uidl"]).returning(table.c.id))
-            return connection.execute(statement).scalar_one_or_none()
+            message_pk = connection.execute(statement).scalar_one_or_none()
+            if message_pk is not None and pending:
+                write_blobs(connection, table, message_pk, pending)
+            return message_pk
         # MySQL/MariaDB: INSERT IGNORE would also hide truncation and bad values, so look first.
         exists = connection.execute(
             select(table.c.id).where(table.c.source == row["source"], table.c.uidl == row["uidl"])
         ).first()
         if exists is not None:
             return None
+        row = dict(row)
+        prepare(row, False)  # MariaDB takes no pieces: the value is read for this statement only
         try:
             result = connection.execute(insert(table).values(**row))
         except sa_exc.IntegrityError as error:
