@@ -279,7 +279,7 @@ class FolderSink(Sink):
         for index, attachment in enumerate(message.attachments):
             # The parser already made the name safe; a plugin may have changed it since.
             name = unique_name(safe_filename(attachment.filename, fallback=f"attachment-{index + 1}"), taken)
-            self._write_file(folder / name, [attachment.content()])
+            self._write_file(folder / name, attachment.chunks())  # bounded memory, whatever its size
             saved[index] = f"{folder.name}/{name}"
         return saved
 
