@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
+from sqlalchemy import Connection, Engine, event, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
@@ -40,11 +40,11 @@ from popflow.durations import Duration, Timeout
 from popflow.errors import ConfigError, DeadLetterError, DeliveryError, RetryableError
 from popflow.message import Message
 from popflow.migrate import current_revision, head_revision, upgrade
-from popflow.private import ensure_private_sqlite
 from popflow.sinks.base import Sink
 from popflow.sinks.db_blobs import insert_attachments, prepare, streams, write_blobs
 from popflow.sinks.db_rows import LargeValue, attachment_rows, message_row
 from popflow.sinks.db_schema import SinkTables, tables_for, validate_prefix
+from popflow.sql import engine_url, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,7 @@ class DatabaseSink(Sink):
     @property
     def engine_url(self) -> URL:
         """:attr:`url` plus utf8mb4 on MySQL/MariaDB."""
-        url = self.url
-        if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})  # 4-byte characters (emoji)
-        return url
+        return engine_url(self.url)
 
     def _scrub(self, text: str) -> str:
         password = make_url(self.config.url.get_secret_value()).password
@@ -185,14 +182,13 @@ class DatabaseSink(Sink):
         options: dict[str, Any] = {}
         if backend == "sqlite":
             connect_args["timeout"] = self.config.connect_timeout
-            ensure_private_sqlite(url)  # mail: 0600, and SQLite gives -wal/-shm the same mode
         else:
             if "connect_timeout" not in url.query:
                 connect_args["connect_timeout"] = timeout
             options.update(pool_size=self.config.pool_size, max_overflow=0)
         try:
-            engine = create_engine(
-                url, hide_parameters=True, pool_pre_ping=True, pool_recycle=int(self.config.pool_recycle),
+            engine = make_engine(
+                url, hide_parameters=True, pool_recycle=int(self.config.pool_recycle),
                 json_serializer=_json_dumps, connect_args=connect_args, **options,
             )
         except (ImportError, sa_exc.ArgumentError) as exc:
