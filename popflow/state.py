@@ -254,7 +254,7 @@ class StateStore:
 
     def _ensure_schema(self) -> None:
         """Bring the schema to the newest migration; one query, no Alembic import, when it already is."""
-        migrate.upgrade(self.engine, SCHEMA_LOCATION, version_table=VERSION_TABLE)
+        migrate.upgrade(self.engine, SCHEMA_LOCATION, version_table=VERSION_TABLE, tables=metadata.sorted_tables)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -6,8 +6,10 @@ import hashlib
 import logging
 import os
 import socket
+import sqlite3
 import traceback
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from popflow.migrate import head_revision
 from popflow.raw import RawMessage
 from popflow.sinks import database as database_module
 from popflow.sinks.database import MIGRATIONS, DatabaseConfig, DatabaseSink
-from tests.support.databases import SERVER_URLS, TestDatabase, database, require_server  # noqa: F401
+from tests.support.databases import SERVER_URLS, TestDatabase, database, require_server, sqlite_shape  # noqa: F401
 
 PASSWORD = "s3cr3t-Pa55word"
 RAW = b"From: Ann <ann@example.com>\r\nSubject: Hello\r\n\r\nbody \xff\x00 bytes\r\n"
@@ -593,3 +595,25 @@ def test_sqlite_keeps_raw_last_and_upgrades_an_0001_database(tmp_path: Path) -> 
             sink.close()
     finally:
         engine.dispose()
+
+
+def test_a_fresh_sqlite_schema_is_the_migrated_one(tmp_path: Path) -> None:
+    # A new SQLite database gets the tables from db_schema and a stamp, without Alembic: the same
+    # schema the migrations make (raw last included).
+    from popflow.migrate import upgrade
+
+    target = TestDatabase("sqlite", f"sqlite:///{tmp_path / 'migrated.db'}", "m_")
+    engine = target.engine()
+    try:
+        upgrade(engine, MIGRATIONS, version_table="m_alembic_version", parameters={"table_prefix": "m_"})
+    finally:
+        engine.dispose()
+    sink = make_sink(TestDatabase("sqlite", f"sqlite:///{tmp_path / 'fresh.db'}", "m_"), tmp_path)
+    sink.open()
+    sink.close()
+    migrated = sqlite_shape(tmp_path / "migrated.db", "m_alembic_version")
+    fresh = sqlite_shape(tmp_path / "fresh.db", "m_alembic_version")
+    assert fresh["version"] == [(head_revision(MIGRATIONS),)] and set(fresh) >= {"m_messages", "m_attachments"}
+    assert fresh == migrated
+    with closing(sqlite3.connect(tmp_path / "fresh.db")) as connection:
+        assert [row[1] for row in connection.execute("PRAGMA table_info(m_messages)")][-1] == "raw"

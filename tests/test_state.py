@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import MetaData, create_engine, text
 
 from popflow.state import SCHEMA_HEAD, VERSION_TABLE, HandledMessage, StateStore, StateStoreError, metadata
-from tests.support.databases import SERVER_URLS, require_server
+from tests.support.databases import SERVER_URLS, require_server, sqlite_shape
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
@@ -149,4 +149,28 @@ def test_a_current_schema_opens_without_alembic(tmp_path: Path) -> None:
     )
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
             for _ in range(2)]
-    assert runs == ["True", "False"]  # the first run creates the schemas; the second finds them at head
+    assert runs == ["False", "False"]  # the first run creates both schemas fresh, the second finds them at head
+
+
+def test_a_fresh_sqlite_store_is_created_as_the_migrations_would(tmp_path: Path) -> None:
+    # A new SQLite state store is made from the tables in the code and stamped at head, without
+    # Alembic; it must be the schema the migrations make, so later migrations find what they expect.
+    from popflow import migrate
+    from popflow.state import SCHEMA_LOCATION
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
+    try:
+        migrate.upgrade(engine, SCHEMA_LOCATION, version_table=VERSION_TABLE)  # no tables: Alembic's way
+    finally:
+        engine.dispose()
+    StateStore(f"sqlite:///{tmp_path / 'fresh.db'}").close()
+    migrated = sqlite_shape(tmp_path / "migrated.db", VERSION_TABLE)
+    fresh = sqlite_shape(tmp_path / "fresh.db", VERSION_TABLE)
+    assert fresh["version"] == [(SCHEMA_HEAD,)] and len(fresh) > 8 and all(fresh[name][0] for name in metadata.tables)
+    assert fresh == migrated
+    # Something there already (here: the version table): never created over, Alembic decides.
+    engine = create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
+    try:
+        assert not migrate.create_fresh(engine, metadata.sorted_tables, VERSION_TABLE, SCHEMA_HEAD)
+    finally:
+        engine.dispose()

@@ -244,7 +244,8 @@ class DatabaseSink(Sink):
         try:
             with self._guard("creating the schema"):
                 revision = upgrade(engine, MIGRATIONS, version_table=self.tables.version_table,
-                                   parameters={"table_prefix": self.tables.prefix})
+                                   parameters={"table_prefix": self.tables.prefix},
+                                   tables=[self.tables.messages, self.tables.attachments])
                 if engine.dialect.name in ("mysql", "mariadb"):
                     with engine.connect() as connection:
                         self._max_packet = int(connection.exec_driver_sql("SELECT @@max_allowed_packet")

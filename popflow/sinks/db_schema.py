@@ -125,8 +125,9 @@ def tables_for(prefix: str) -> SinkTables:
         Column("meta", json_type()),
         Column("tags", json_type()),
         Column("defects", json_type()),
-        Column("raw", long_binary()),
         Column("received_at", UTCDateTime(), nullable=False),
+        # Last: SQLite streams a large value in only when no stored column follows it (migration 0002).
+        Column("raw", long_binary()),
         UniqueConstraint("source", "uidl", name=f"{prefix}messages_source_uidl"),
         **MYSQL_TABLE_OPTIONS,
     )
