@@ -12,6 +12,8 @@ Cases (sizes are of the messages as sent):
 * ``large``: ``--large`` messages of ``--large-mb`` MB each (default 5 x 40 MB, a base64
   attachment) among ``--small`` small ones (default 500 x ~4 KB), large ones spread through the
   mailbox;
+* ``large-db``: the same mailbox into a SQLite ``database`` sink with the full parse,
+  ``store_raw: true`` and ``store_attachments: true`` (every value a large message has is stored);
 * ``flat-1000`` and ``flat-10000``: 1,000 and 10,000 small messages; peak RSS should not grow.
 
 Run by ``bench/run.sh`` with the popflow installed in its venv; on its own::
@@ -26,10 +28,12 @@ import base64
 import random
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,8 @@ class Case:
 
     name: str
     messages: list[bytes]
+    sink: str = "maildir"
+    """``maildir`` (a folder sink, defaults) or ``db`` (SQLite, store_raw and store_attachments)."""
 
 
 @dataclass
@@ -104,8 +110,21 @@ def mixed_mailbox(small: int, large: int, large_mb: float, seed: int) -> list[by
     return messages
 
 
-def write_config(work: Path, port: int, maildir: Path) -> Path:
-    """A popflow config for one case: the test server, a Maildir sink, the default pipeline."""
+def sink_config(sink: str, work: Path, maildir: Path) -> str:
+    """The ``sinks:`` entry of one case."""
+    if sink == "db":
+        return ("  store:\n"
+                "    type: database\n"
+                f"    url: sqlite:///{work}/mail.db\n"
+                "    store_raw: true\n"
+                "    store_attachments: true\n")
+    return ("  store:\n"
+            "    type: folder\n"
+            f"    path: {maildir}\n")
+
+
+def write_config(work: Path, port: int, maildir: Path, sink: str) -> Path:
+    """A popflow config for one case: the test server, one sink, the default pipeline."""
     config = work / "popflow.yaml"
     config.write_text(
         f"state: sqlite:///{work}/state.db\n"
@@ -121,11 +140,9 @@ def write_config(work: Path, port: int, maildir: Path) -> Path:
         "    username: user\n"
         "    password: pass\n"
         "sinks:\n"
-        "  maildir:\n"
-        "    type: folder\n"
-        f"    path: {maildir}\n"
-        "routes:\n"
-        "  - sinks: [maildir]\n",
+        + sink_config(sink, work, maildir)
+        + "routes:\n"
+        "  - sinks: [store]\n",
         encoding="utf-8",
     )
     return config
@@ -139,7 +156,7 @@ def run_case(case: Case, popflow: str, scratch: Path) -> Result:
     maildir = work / "Maildir"
     megabytes = sum(len(m) for m in case.messages) / 1e6
     with POP3TestServer(case.messages) as server:
-        config = write_config(work, server.port, maildir)
+        config = write_config(work, server.port, maildir, case.sink)
         started = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-v", popflow, "-q", "poll", "-c", str(config)],
                               capture_output=True, text=True, check=False)
@@ -148,13 +165,24 @@ def run_case(case: Case, popflow: str, scratch: Path) -> Result:
         left = len(server.messages())
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     peak = int(found.group(1)) / 1024 if found else float("nan")
-    delivered = len(list((maildir / "new").iterdir())) if (maildir / "new").is_dir() else 0
+    delivered = stored_count(case.sink, work, maildir)
     ok = proc.returncode == 0 and delivered == len(case.messages) and left == 0
     if not ok:
         print(f"{case.name}: exit {proc.returncode}, delivered {delivered}/{len(case.messages)}, "
               f"{left} left on the server\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
     return Result(case.name, len(case.messages), megabytes, wall, peak, delivered, ok)
+
+
+def stored_count(sink: str, work: Path, maildir: Path) -> int:
+    """How many messages the case's sink holds: files in ``new/`` or rows of ``popflow_messages``."""
+    if sink == "db":
+        database = work / "mail.db"
+        if not database.exists():
+            return 0
+        with closing(sqlite3.connect(database)) as connection:
+            return int(connection.execute("select count(*) from popflow_messages").fetchone()[0])
+    return len(list((maildir / "new").iterdir())) if (maildir / "new").is_dir() else 0
 
 
 def summary(results: list[Result], large: int, large_mb: float) -> str:
@@ -168,11 +196,12 @@ def summary(results: list[Result], large: int, large_mb: float) -> str:
                      f"| {r.delivered:,} | {'yes' if r.ok else 'NO'} |")
     by_name = {r.name: r for r in results}
     lines.append("")
-    if "large" in by_name:
-        peak = by_name["large"].peak_rss_mb
-        verdict = "met" if peak <= RSS_TARGET_MB else "NOT met"
-        lines.append(f"- Peak RSS with {large} x {large_mb:g} MB messages: {peak:.0f} MB "
-                     f"(target <= {RSS_TARGET_MB:.0f} MB: {verdict}).")
+    for name, label in (("large", "Maildir"), ("large-db", "SQLite, full parse, store_raw + store_attachments")):
+        if name in by_name:
+            peak = by_name[name].peak_rss_mb
+            verdict = "met" if peak <= RSS_TARGET_MB and by_name[name].ok else "NOT met"
+            lines.append(f"- Peak RSS with {large} x {large_mb:g} MB messages ({label}): {peak:.0f} MB "
+                         f"(target <= {RSS_TARGET_MB:.0f} MB, every message delivered: {verdict}).")
     if "flat-1000" in by_name and "flat-10000" in by_name:
         low, high = by_name["flat-1000"].peak_rss_mb, by_name["flat-10000"].peak_rss_mb
         lines.append(f"- 1,000 -> 10,000 messages: {low:.0f} MB -> {high:.0f} MB "
@@ -188,14 +217,21 @@ def main() -> int:
     parser.add_argument("--large-mb", type=float, default=40.0, help="size of each large message, MB")
     parser.add_argument("--small", type=int, default=500, help="small messages around the large ones")
     parser.add_argument("--flat", default="1000,10000", help="mailbox sizes for the flat-memory check")
+    parser.add_argument("--no-db", action="store_true", help="skip the database-sink case")
+    parser.add_argument("--only", help="run only these cases (comma-separated names)")
     parser.add_argument("--out", type=Path, help="folder for summary.md")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 
-    cases = [Case("large", mixed_mailbox(args.small, args.large, args.large_mb, args.seed))]
+    mailbox = mixed_mailbox(args.small, args.large, args.large_mb, args.seed)
+    cases = [Case("large", mailbox)]
+    if not args.no_db:
+        cases.append(Case("large-db", mailbox, sink="db"))  # the same messages (one copy in this process)
     for count in (int(n) for n in args.flat.split(",") if n):
         rng = random.Random(args.seed)
         cases.append(Case(f"flat-{count}", [small_message(i, rng) for i in range(count)]))
+    if args.only:
+        cases = [case for case in cases if case.name in args.only.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="popflow-memory-") as scratch:
         for case in cases:

@@ -13,8 +13,8 @@ from dataclasses import asdict
 
 from popflow.message import Message
 from popflow.raw import RawMessage
-from popflow.state import StateStore
 from popflow.raw_store import MessageStore
+from popflow.state import StateStore
 from popflow.verdicts import ScanVerdict
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ They live beside the ledger in :data:`popflow.state.metadata`; see
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, LargeBinary, String, Table, Text
-from sqlalchemy.dialects import mysql
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, String, Table, Text
 
+from popflow.sql import long_binary
 from popflow.state import _key, metadata
 
 schedule = Table(
@@ -26,7 +26,7 @@ raw_messages = Table(
     "popflow_raw_messages", metadata,
     Column("sha256", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
-    Column("data", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False),
+    Column("data", long_binary(), nullable=False),
     Column("details", JSON),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

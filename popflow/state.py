@@ -27,25 +27,22 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
-    create_engine,
     delete,
     event,
     insert,
-    inspect,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import TypeEngine
 
 from popflow import migrate
 from popflow.errors import PopflowError
-from popflow.private import ensure_private_sqlite
 from popflow.processes import owner_is_dead
+from popflow.sql import engine_url, id_type, key_string, make_engine
+from popflow.state_writes import insert_deliveries, upsert_ledger
 
 metadata = MetaData()
 
@@ -55,21 +52,19 @@ SCHEMA_HEAD = "s0003"
 VERSION_TABLE = "popflow_state_version"
 
 
-def _key() -> String:
-    # Byte-wise comparison on MySQL/MariaDB: UIDLs are case-sensitive (see the migration).
-    return String(190).with_variant(
-        mysql.VARCHAR(190, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+def _key() -> TypeEngine[str]:
+    # VARCHAR(190): a two-column primary key in utf8mb4 fits MariaDB's 3072-byte key limit.
+    return key_string(190)
 
 
-def _id() -> BigInteger:
-    return BigInteger().with_variant(Integer(), "sqlite")
+_id = id_type
 
 
 ledger = Table(
     "popflow_ledger", metadata,
     Column("source", _key(), primary_key=True),
     Column("uidl", _key(), primary_key=True),
-    Column("state", String(16), nullable=False),  # handled | deleted | skipped | deferred
+    Column("state", String(16), nullable=False),  # handled | deleted | skipped
     Column("outcome", String(32)),  # delivered | dropped | quarantined | dead_letter | no_route | skipped
     Column("reason", Text),
     Column("size", BigInteger),
@@ -159,25 +154,14 @@ runs = Table(
     Column("error", Text),
 )
 
-HANDLED_STATES = ("handled", "deleted")
 LIVE_STATES = ("handled", "skipped")
 """Rows of messages believed to be on the server; a poll reads only these."""
 
 
 class StateStoreError(PopflowError):
     """The state store cannot be opened (unreachable database, no permission); no secrets in the text."""
-_LEDGER_VALUE_COLUMNS = ("state", "outcome", "reason", "size", "sha256", "message_id", "handled_at", "deleted_at",
-                         "server_uidl", "mailbox", "header_sha256")
 _IN_CHUNK = 500
 """At most this many values in one ``IN (...)`` list."""
-
-
-def _by_source(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """(source, uidl) pairs → uidls by source, without duplicates, in order."""
-    grouped: dict[str, dict[str, None]] = {}
-    for source, uidl in pairs:
-        grouped.setdefault(source, {})[uidl] = None
-    return {source: list(uidls) for source, uidls in grouped.items()}
 
 
 def _chunks(values: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
@@ -188,22 +172,6 @@ def _chunks(values: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
 
 CLAIM_STALE_AFTER = 3600.0
 """Seconds after which a replay's or release's claim on an entry is taken as abandoned."""
-
-
-def _insert_deliveries_ignoring_duplicates(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """INSERT delivery rows; a row another process inserted meanwhile is not an error (it says the same)."""
-    backend = connection.dialect.name
-    if backend == "postgresql":
-        connection.execute(postgresql.insert(deliveries).on_conflict_do_nothing(), rows)
-    elif backend == "sqlite":
-        connection.execute(sqlite.insert(deliveries).on_conflict_do_nothing(), rows)
-    elif backend in ("mysql", "mariadb"):
-        statement = mysql.insert(deliveries)
-        # A no-op update: MySQL's way of saying "ignore a duplicate key" without INSERT IGNORE's
-        # habit of hiding every other error too.
-        connection.execute(statement.on_duplicate_key_update(sink=statement.inserted.sink), rows)
-    else:
-        connection.execute(insert(deliveries), rows)
 
 
 def now() -> datetime:
@@ -272,12 +240,9 @@ class StateStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
-            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        parsed = engine_url(make_url(url))  # utf8mb4 on mysql and mariadb URLs alike
         self.shown_url = parsed.render_as_string(hide_password=True)
-        ensure_private_sqlite(parsed)  # the ledger is private: 0600, and -wal/-shm follow the main file
-        self.engine = create_engine(parsed, future=True, pool_pre_ping=True)
+        self.engine = make_engine(parsed)  # the ledger is private: 0600, -wal/-shm follow the main file
         if parsed.get_backend_name() == "sqlite":
             _sqlite_pragmas(self.engine)
         try:
@@ -288,13 +253,8 @@ class StateStore:
             raise StateStoreError(f"cannot open the state store {self.shown_url}: {reason}") from None
 
     def _ensure_schema(self) -> None:
-        """Bring the schema to the newest migration; cheap (no Alembic import) when it already is."""
-        with self.engine.connect() as connection:
-            if inspect(connection).has_table(VERSION_TABLE):
-                version = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-                if version == SCHEMA_HEAD:
-                    return
-        migrate.upgrade(self.engine, SCHEMA_LOCATION, version_table=VERSION_TABLE)
+        """Bring the schema to the newest migration; one query, no Alembic import, when it already is."""
+        migrate.upgrade(self.engine, SCHEMA_LOCATION, version_table=VERSION_TABLE, tables=metadata.sorted_tables)
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -395,24 +355,22 @@ class StateStore:
             "header_sha256": item.header_sha256,
         }) for item in items]
         with self.transaction() as connection:
-            self._insert_deliveries(connection, list(delivered), stamp)
-            self._upsert_ledger_many(connection, rows)
+            insert_deliveries(connection, deliveries, list(delivered), stamp)
+            upsert_ledger(connection, ledger, rows, stamp)
 
     def record_deliveries(self, delivered: Iterable[tuple[str, str, str]]) -> None:
         """Record (source, uidl, sink) deliveries of messages not yet fully handled."""
-        stamp = now()
         with self.transaction() as connection:
-            for source, uidl, sink in delivered:
-                self._upsert_delivery(connection, source, uidl, sink, stamp)
+            insert_deliveries(connection, deliveries, list(delivered), now())
 
     def record_state(self, source: str, uidl: str, state: str, reason: str | None = None,
                      size: int | None = None, *, server_uidl: str | None = None, mailbox: str | None = None,
                      outcome: str | None = None) -> None:
         """Record a non-handled state (``skipped``) for one message key."""
         with self.transaction() as connection:
-            self._upsert_ledger(connection, source, uidl, {
+            upsert_ledger(connection, ledger, [(source, uidl, {
                 "state": state, "reason": reason, "size": size, "server_uidl": server_uidl or uidl,
-                "mailbox": mailbox, "outcome": outcome})
+                "mailbox": mailbox, "outcome": outcome})], now())
 
     def record_deleted(self, source: str, uidls: Iterable[str]) -> None:
         """Mark UIDLs deleted from the server (after a successful QUIT)."""
@@ -426,14 +384,6 @@ class StateStore:
                     .values(state="deleted", deleted_at=stamp)
                 )
 
-    def delivered_sinks(self, source: str, uidl: str) -> set[str]:
-        """The sinks that already committed this message."""
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(deliveries.c.sink).where(deliveries.c.source == source, deliveries.c.uidl == uidl)
-            )
-            return {row.sink for row in rows}
-
     def deliveries_pending(self, source: str, uidls: Iterable[str]) -> dict[str, set[str]]:
         """For messages not yet handled: the sinks that already committed them (by UIDL)."""
         wanted = list(uidls)
@@ -446,72 +396,6 @@ class StateStore:
                 for row in rows:
                     found.setdefault(row.uidl, set()).add(row.sink)
         return found
-
-    def _upsert_ledger(self, connection: Connection, source: str, uidl: str, values: dict[str, Any]) -> None:
-        values = {key: value for key, value in values.items() if value is not None or key == "reason"}
-        updated = connection.execute(
-            update(ledger).where(ledger.c.source == source, ledger.c.uidl == uidl).values(**values)
-        )
-        if updated.rowcount == 0:
-            connection.execute(insert(ledger).values(source=source, uidl=uidl, first_seen_at=now(), **values))
-
-    def _upsert_ledger_many(self, connection: Connection, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
-        """:meth:`_upsert_ledger` for a whole batch: one SELECT, then executemany UPDATE and INSERT."""
-        if not rows:
-            return
-        existing: set[tuple[str, str]] = set()
-        for source, uidls in _by_source((source, uidl) for source, uidl, _values in rows).items():
-            for chunk in _chunks(uidls):
-                found = connection.execute(
-                    select(ledger.c.uidl).where(ledger.c.source == source, ledger.c.uidl.in_(chunk)))
-                existing.update((source, row.uidl) for row in found)
-        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        inserts: list[dict[str, Any]] = []
-        first_seen = now()
-        for source, uidl, values in rows:
-            kept = {key: value for key, value in values.items() if value is not None or key == "reason"}
-            if (source, uidl) in existing:
-                params = {"b_source": source, "b_uidl": uidl, **{f"v_{key}": value for key, value in kept.items()}}
-                updates.setdefault(tuple(sorted(kept)), []).append(params)
-            else:
-                inserts.append({column: None for column in _LEDGER_VALUE_COLUMNS}
-                               | {"source": source, "uidl": uidl, "first_seen_at": first_seen, **kept})
-        for keys, batch in updates.items():
-            connection.execute(
-                update(ledger)
-                .where(ledger.c.source == bindparam("b_source"), ledger.c.uidl == bindparam("b_uidl"))
-                .values({key: bindparam(f"v_{key}") for key in keys}),
-                batch,
-            )
-        if inserts:
-            connection.execute(insert(ledger), inserts)
-
-    @staticmethod
-    def _insert_deliveries(connection: Connection, triples: list[tuple[str, str, str]], stamp: datetime) -> None:
-        """Record (source, uidl, sink) deliveries not recorded yet: one SELECT, one executemany INSERT."""
-        if not triples:
-            return
-        existing: set[tuple[str, str, str]] = set()
-        for source, uidls in _by_source((source, uidl) for source, uidl, _sink in triples).items():
-            for chunk in _chunks(uidls):
-                found = connection.execute(select(deliveries.c.uidl, deliveries.c.sink).where(
-                    deliveries.c.source == source, deliveries.c.uidl.in_(chunk)))
-                existing.update((source, row.uidl, row.sink) for row in found)
-        missing = list(dict.fromkeys(triple for triple in triples if triple not in existing))
-        if missing:
-            _insert_deliveries_ignoring_duplicates(connection, [
-                {"source": source, "uidl": uidl, "sink": sink, "delivered_at": stamp}
-                for source, uidl, sink in missing])
-
-    @staticmethod
-    def _upsert_delivery(connection: Connection, source: str, uidl: str, sink: str, stamp: datetime) -> None:
-        exists = connection.execute(
-            select(deliveries.c.sink).where(
-                deliveries.c.source == source, deliveries.c.uidl == uidl, deliveries.c.sink == sink)
-        ).first()
-        if exists is None:
-            _insert_deliveries_ignoring_duplicates(
-                connection, [{"source": source, "uidl": uidl, "sink": sink, "delivered_at": stamp}])
 
     # -- dead letters ----------------------------------------------------------------------
     def add_dead_letter(self, *, source: str, uidl: str, sink: str | None, stage: str, error: str,

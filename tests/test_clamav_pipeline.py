@@ -24,7 +24,6 @@ from popflow.plugins import PopflowPluginManager
 from popflow.raw import RawMessage
 from popflow.raw_store import MessageStore
 from popflow.state import StateStore
-from tests.support import clamd as clamd_support
 from tests.support.clamd import SIGNATURE_PREFIX, STREAM_MAX_LENGTH, ClamdServer, free_port
 from tests.test_clamav import big_mail, clean_mail, eicar_attachment, eicar_quoted_printable, eicar_zip
 

@@ -6,8 +6,10 @@ import hashlib
 import logging
 import os
 import socket
+import sqlite3
 import traceback
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from popflow.migrate import head_revision
 from popflow.raw import RawMessage
 from popflow.sinks import database as database_module
 from popflow.sinks.database import MIGRATIONS, DatabaseConfig, DatabaseSink
-from tests.support.databases import SERVER_URLS, TestDatabase, require_server
+from tests.support.databases import SERVER_URLS, TestDatabase, require_server, sqlite_shape
 
 PASSWORD = "s3cr3t-Pa55word"
 RAW = b"From: Ann <ann@example.com>\r\nSubject: Hello\r\n\r\nbody \xff\x00 bytes\r\n"
@@ -124,7 +126,7 @@ def break_connection(target: TestDatabase, sink: DatabaseSink) -> None:
 def test_open_creates_the_schema_by_migration(sink: DatabaseSink, database: TestDatabase) -> None:
     with sink.engine.connect() as connection:
         version = connection.execute(text(f"SELECT version_num FROM {database.prefix}alembic_version")).all()
-        assert [row[0] for row in version] == [head_revision(MIGRATIONS)] == ["0001"]
+        assert [row[0] for row in version] == [head_revision(MIGRATIONS)] == ["0002"]
         names = set(inspect(connection).get_table_names())
         assert {f"{database.prefix}messages", f"{database.prefix}attachments"} <= names
         # The migration and db_schema describe the same tables.
@@ -527,3 +529,96 @@ def test_every_corpus_message_is_stored(database: TestDatabase, tmp_path: Path) 
         assert raw_bytes == sum(path.stat().st_size for path in files)
     finally:
         sink.close()
+
+
+# -- large values ----------------------------------------------------------------------------------
+def spooled_message(tmp_path: Path, content: bytes, uidl: str = "big-1") -> tuple[Message, bytes]:
+    """A real message with a base64 attachment, spooled like a large download, parsed by popflow."""
+    import base64
+
+    from popflow.parser import parse_message  # type: ignore[attr-defined,unused-ignore]
+
+    encoded = base64.encodebytes(content).replace(b"\n", b"\r\n")
+    data = (b"From: Ann <ann@example.com>\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n'
+            b"see attached\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+            b'Content-Disposition: attachment; filename="big.bin"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+            + encoded + b"--b--\r\n")
+    raw = RawMessage.from_chunks(iter([data[i:i + 65536] for i in range(0, len(data), 65536)]),
+                                 spool_dir=tmp_path / "spool")
+    assert raw.spooled
+    message = parse_message(raw, "support")
+    message.uidl = uidl
+    return message, data
+
+
+def test_large_raw_and_attachments_are_stored_exactly(database: TestDatabase, tmp_path: Path) -> None:
+    # Past STREAM_AT: SQLite writes them through incremental blob I/O, the others whole.
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    message, data = spooled_message(tmp_path, content)
+    sink = make_sink(database, tmp_path, store_raw=True, store_attachments=True)
+    sink.open()
+    try:
+        sink.write(message)
+        sink.write(make_message("small-after", attachments=(("a.txt", b"a"), ("b.txt", b"bb"))))
+        sink.write(message)  # again: nothing changes
+        sink.commit()
+        stored = rows(sink.engine, sink.tables.messages)
+        assert [row.uidl for row in stored] == ["big-1", "small-after"]
+        assert bytes(stored[0].raw) == data and stored[0].size == len(data)
+        attachments = rows(sink.engine, sink.tables.attachments)
+        assert [(a.filename, bytes(a.content), a.size) for a in attachments] == [
+            ("big.bin", content, len(content)), ("a.txt", b"a", 1), ("b.txt", b"bb", 2)]
+        assert attachments[0].sha256 == hashlib.sha256(content).hexdigest()
+    finally:
+        sink.close()
+
+
+def test_sqlite_keeps_raw_last_and_upgrades_an_0001_database(tmp_path: Path) -> None:
+    # Rows stored under 0001 keep their raw bytes when 0002 moves the column to the end.
+    from popflow.migrate import upgrade
+
+    target = TestDatabase("sqlite", f"sqlite:///{tmp_path / 'old.db'}", "old_")
+    engine = target.engine()
+    try:
+        upgrade(engine, MIGRATIONS, version_table="old_alembic_version",
+                parameters={"table_prefix": "old_"}, revision="0001")
+        sink = make_sink(target, tmp_path, store_raw=True)
+        sink._engine = engine  # write at 0001, without the sink's own upgrade
+        sink.write(make_message("before"))
+        sink.commit()
+        sink._engine = None
+        sink.open()  # upgrades to 0002
+        try:
+            sink.write(make_message("after"))
+            sink.commit()
+            with sink.engine.connect() as connection:
+                columns = [row[1] for row in connection.exec_driver_sql("PRAGMA table_info(old_messages)")]
+            assert columns[-1] == "raw" and "raw_0001" not in columns
+            assert [bytes(row.raw) for row in rows(sink.engine, sink.tables.messages)] == [RAW, RAW]
+        finally:
+            sink.close()
+    finally:
+        engine.dispose()
+
+
+def test_a_fresh_sqlite_schema_is_the_migrated_one(tmp_path: Path) -> None:
+    # A new SQLite database gets the tables from db_schema and a stamp, without Alembic: the same
+    # schema the migrations make (raw last included).
+    from popflow.migrate import upgrade
+
+    target = TestDatabase("sqlite", f"sqlite:///{tmp_path / 'migrated.db'}", "m_")
+    engine = target.engine()
+    try:
+        upgrade(engine, MIGRATIONS, version_table="m_alembic_version", parameters={"table_prefix": "m_"})
+    finally:
+        engine.dispose()
+    sink = make_sink(TestDatabase("sqlite", f"sqlite:///{tmp_path / 'fresh.db'}", "m_"), tmp_path)
+    sink.open()
+    sink.close()
+    migrated = sqlite_shape(tmp_path / "migrated.db", "m_alembic_version")
+    fresh = sqlite_shape(tmp_path / "fresh.db", "m_alembic_version")
+    assert fresh["version"] == [(head_revision(MIGRATIONS),)] and set(fresh) >= {"m_messages", "m_attachments"}
+    assert fresh == migrated
+    with closing(sqlite3.connect(tmp_path / "fresh.db")) as connection:
+        assert [row[1] for row in connection.execute("PRAGMA table_info(m_messages)")][-1] == "raw"

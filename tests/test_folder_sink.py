@@ -17,7 +17,7 @@ from popflow.errors import RetryableError
 from popflow.message import Attachment, Body, Message
 from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
-from popflow.sinks import folder as folder_module
+from popflow.sinks import files as files_module
 from popflow.sinks.folder import STALE_TMP_SECONDS, FolderConfig, FolderSink, delivery_key
 
 RAW = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody \xff\xfe bytes\r\n.\r\n"
@@ -143,7 +143,7 @@ def test_commit_fsyncs_new_dir_once_per_batch(tmp_path: Path, monkeypatch: pytes
         synced.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(folder_module.os, "fsync", counting_fsync)
+    monkeypatch.setattr(files_module.os, "fsync", counting_fsync)
     sink = make_sink(tmp_path, group_commit=False)
     sink.open()
     synced.clear()
@@ -173,10 +173,10 @@ def test_group_commit_publishes_only_at_commit(tmp_path: Path) -> None:
 
 def test_group_commit_flushes_a_batch_with_one_syncfs_before_any_rename(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if folder_module._SYNCFS is None:
+    if files_module._SYNCFS is None:
         pytest.skip("no syncfs(2) on this platform: group commit uses background fsyncs")
     events: list[str] = []
-    real_syncfs, real_fsync, real_rename = folder_module._SYNCFS, os.fsync, os.rename
+    real_syncfs, real_fsync, real_rename = files_module._SYNCFS, os.fsync, os.rename
 
     def syncfs(fd: int) -> None:
         events.append("syncfs")
@@ -190,9 +190,9 @@ def test_group_commit_flushes_a_batch_with_one_syncfs_before_any_rename(
         events.append("rename")
         real_rename(src, dst)
 
-    monkeypatch.setattr(folder_module, "_SYNCFS", syncfs)
-    monkeypatch.setattr(folder_module.os, "fsync", fsync)
-    monkeypatch.setattr(folder_module.os, "rename", rename)
+    monkeypatch.setattr(files_module, "_SYNCFS", syncfs)
+    monkeypatch.setattr(files_module.os, "fsync", fsync)
+    monkeypatch.setattr(files_module.os, "rename", rename)
     sink = make_sink(tmp_path, group_commit=True)
     sink.open()
     events.clear()
@@ -228,7 +228,7 @@ def test_group_commit_without_syncfs_fsyncs_each_file_and_renames_at_commit(
 
     sink = make_sink(tmp_path)
     sink.open()
-    monkeypatch.setattr(folder_module, "_SYNCFS", None)
+    monkeypatch.setattr(files_module, "_SYNCFS", None)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
     sink.write(make_message(uidl="U1"))
@@ -264,7 +264,7 @@ def test_group_commit_failure_then_rollback_then_retry(tmp_path: Path, monkeypat
             raise PermissionError(13, "Permission denied")
         real_rename(src, dst)
 
-    monkeypatch.setattr(folder_module.os, "rename", rename_fails_second_time)
+    monkeypatch.setattr(files_module.os, "rename", rename_fails_second_time)
     with pytest.raises(RetryableError, match="Permission denied"):
         sink.commit()
     root = tmp_path / "mail"

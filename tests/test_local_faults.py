@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from popflow.cli import main
-from popflow.sinks import folder as folder_module
+from popflow.sinks import files as files_module
 from popflow.testing import POP3TestServer
 from tests.support.databases import SERVER_URLS, TestDatabase, require_server
 from tests.support.dovecot import free_port
@@ -69,14 +69,14 @@ def _disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Generator[Fau
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    real_syncfs = folder_module._SYNCFS
+    real_syncfs = files_module._SYNCFS
     if real_syncfs is not None:  # group commit (the Maildir default) flushes a batch with syncfs(2)
         def syncfs(fd: int) -> None:
             if full["on"] and os.readlink(f"/proc/self/fd/{fd}").startswith(target):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             real_syncfs(fd)
 
-        monkeypatch.setattr(folder_module, "_SYNCFS", syncfs)
+        monkeypatch.setattr(files_module, "_SYNCFS", syncfs)
     yield Fault({"type": "folder", "path": "./full"}, lambda: maildir_ids(tmp_path / "full"),
                 lambda: full.update(on=False))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from popflow.parsing.headers import HeaderBlock, header_text, split_header_block
+from popflow.parsing.mapped import find
 from popflow.parsing.params import parse_params
 
 MAX_DEPTH = 100
@@ -137,7 +138,7 @@ def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> tuple
     part_start: int | None = None
     position = start
     while True:
-        found = data.find(delimiter, position, end)
+        found = find(data, delimiter, position, end)  # a spooled message: without keeping it resident
         if found < 0:
             break
         position = found + 1

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from popflow.parsing.mapped import release
 from popflow.parsing.transfer import CHUNK, NotStreamable, is_streamable, iter_transfer_decoded, transfer_decode
 from popflow.raw import RawMessage
 
@@ -58,10 +59,16 @@ class PartRange:
 
 
 def slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
-    """``data[start:end]`` (bytes or an mmap) as :data:`CHUNK`-sized copies."""
+    """``data[start:end]`` (bytes or an mmap) as :data:`CHUNK`-sized copies.
+
+    An mmap's pages are released behind each copy (:func:`popflow.parsing.mapped.release`).
+    """
     view = memoryview(data)
     for offset in range(start, end, CHUNK):
-        yield bytes(view[offset:min(offset + CHUNK, end)])
+        stop = min(offset + CHUNK, end)
+        piece = bytes(view[offset:stop])
+        release(data, offset, stop)
+        yield piece
 
 
 def measure(part: PartRange, pieces: Iterator[bytes], defects: list[str]) -> tuple[int, str, bool]:

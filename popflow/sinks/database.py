@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
+from sqlalchemy import Connection, Engine, event, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
@@ -39,10 +39,11 @@ from popflow.durations import Duration, Timeout
 from popflow.errors import ConfigError, DeadLetterError, DeliveryError, RetryableError
 from popflow.message import Message
 from popflow.migrate import current_revision, head_revision, upgrade
-from popflow.private import ensure_private_sqlite
 from popflow.sinks.base import Sink
-from popflow.sinks.db_rows import attachment_rows, message_row
+from popflow.sinks.db_blobs import insert_attachments, prepare, streams, write_blobs
+from popflow.sinks.db_rows import LargeValue, attachment_rows, message_row
 from popflow.sinks.db_schema import SinkTables, tables_for, validate_prefix
+from popflow.sql import engine_url, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def mysql_statement_size(row: dict[str, Any]) -> int:
     for value in row.values():
         if isinstance(value, dict | list):
             value = _json_dumps(value)
-        if isinstance(value, bytes):
+        if isinstance(value, LargeValue):
+            size += 2 * value.size + 16
+        elif isinstance(value, bytes):
             size += 2 * len(value) + 16
         elif isinstance(value, str):
             data = value.encode("utf-8")
@@ -164,10 +167,7 @@ class DatabaseSink(Sink):
     @property
     def engine_url(self) -> URL:
         """:attr:`url` plus utf8mb4 on MySQL/MariaDB."""
-        url = self.url
-        if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})  # 4-byte characters (emoji)
-        return url
+        return engine_url(self.url)
 
     def _scrub(self, text: str) -> str:
         password = make_url(self.config.url.get_secret_value()).password
@@ -181,14 +181,13 @@ class DatabaseSink(Sink):
         options: dict[str, Any] = {}
         if backend == "sqlite":
             connect_args["timeout"] = self.config.connect_timeout
-            ensure_private_sqlite(url)  # mail: 0600, and SQLite gives -wal/-shm the same mode
         else:
             if "connect_timeout" not in url.query:
                 connect_args["connect_timeout"] = timeout
             options.update(pool_size=self.config.pool_size, max_overflow=0)
         try:
-            engine = create_engine(
-                url, hide_parameters=True, pool_pre_ping=True, pool_recycle=int(self.config.pool_recycle),
+            engine = make_engine(
+                url, hide_parameters=True, pool_recycle=int(self.config.pool_recycle),
                 json_serializer=_json_dumps, connect_args=connect_args, **options,
             )
         except (ImportError, sa_exc.ArgumentError) as exc:
@@ -244,7 +243,8 @@ class DatabaseSink(Sink):
         try:
             with self._guard("creating the schema"):
                 revision = upgrade(engine, MIGRATIONS, version_table=self.tables.version_table,
-                                   parameters={"table_prefix": self.tables.prefix})
+                                   parameters={"table_prefix": self.tables.prefix},
+                                   tables=[self.tables.messages, self.tables.attachments])
                 if engine.dialect.name in ("mysql", "mariadb"):
                     with engine.connect() as connection:
                         self._max_packet = int(connection.exec_driver_sql("SELECT @@max_allowed_packet")
@@ -294,8 +294,7 @@ class DatabaseSink(Sink):
                 connection = self._transaction()
                 message_pk = self._insert_message(connection, row)
                 if message_pk is not None and attachments:
-                    connection.execute(insert(self.tables.attachments),
-                                       [{**item, "message_id": message_pk} for item in attachments])
+                    insert_attachments(connection, self.tables.attachments, message_pk, attachments)
         except DeliveryError:
             # A failed statement aborts the transaction on PostgreSQL and may leave a message row
             # without its attachments elsewhere: drop the batch rather than ever commit that.
@@ -324,16 +323,23 @@ class DatabaseSink(Sink):
         if dialect in ("postgresql", "sqlite"):
             from sqlalchemy.dialects import postgresql, sqlite  # not at import: see json_type()
 
+            row = dict(row)
+            pending = prepare(row, streams(connection))
             dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = (dialect_insert(table).values(**row)
                          .on_conflict_do_nothing(index_elements=["source", "uidl"]).returning(table.c.id))
-            return connection.execute(statement).scalar_one_or_none()
+            message_pk = connection.execute(statement).scalar_one_or_none()
+            if message_pk is not None and pending:
+                write_blobs(connection, table, message_pk, pending)
+            return message_pk
         # MySQL/MariaDB: INSERT IGNORE would also hide truncation and bad values, so look first.
         exists = connection.execute(
             select(table.c.id).where(table.c.source == row["source"], table.c.uidl == row["uidl"])
         ).first()
         if exists is not None:
             return None
+        row = dict(row)
+        prepare(row, False)  # MariaDB takes no pieces: the value is read for this statement only
         try:
             result = connection.execute(insert(table).values(**row))
         except sa_exc.IntegrityError as error:

@@ -16,6 +16,8 @@ is not changed. Nothing is lost: the raw bytes are the source of truth (kept in 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,23 @@ from popflow.record import json_value
 
 NUL_NOTE = "database: NUL characters replaced with U+FFFD"
 SURROGATE_NOTE = "database: invalid Unicode (lone surrogates) replaced with U+FFFD"
+
+
+@dataclass(frozen=True)
+class LargeValue:
+    """Bytes for a ``raw`` or ``content`` column, not read yet: the sink streams them in pieces.
+
+    ``chunks`` yields the bytes anew on each call; ``whole`` (when the bytes are in memory
+    already) returns them without a copy.
+    """
+
+    size: int
+    chunks: Callable[[], Iterator[bytes]]
+    whole: Callable[[], bytes] | None = None
+
+    def read(self) -> bytes:
+        """All the bytes in one object (for drivers that take no pieces)."""
+        return self.whole() if self.whole is not None else b"".join(self.chunks())
 
 
 class Cleaner:
@@ -84,7 +103,10 @@ class Cleaner:
 
 
 def message_row(message: Message, *, store_raw: bool, received_at: datetime) -> dict[str, Any]:
-    """The ``<prefix>messages`` row for ``message`` (call ``message.load_body()`` first)."""
+    """The ``<prefix>messages`` row for ``message`` (call ``message.load_body()`` first).
+
+    ``raw`` is a :class:`LargeValue` (the sink streams it from memory or the spool file).
+    """
     clean = Cleaner()
     sender = message.from_
     row: dict[str, Any] = {
@@ -113,16 +135,19 @@ def message_row(message: Message, *, store_raw: bool, received_at: datetime) -> 
     return row
 
 
-def _raw_bytes(message: Message, clean: Cleaner) -> bytes | None:
-    try:
-        return message.raw.read()
-    except ValueError:  # a message built without raw bytes (tests, plugins)
+def _raw_bytes(message: Message, clean: Cleaner) -> LargeValue | None:
+    if not message.has_raw:  # a message built without raw bytes (tests, plugins)
         clean.note("database: the message had no raw bytes to store")
         return None
+    raw = message.raw
+    return LargeValue(raw.size, raw.iter_chunks, None if raw.spooled else raw.read)
 
 
 def attachment_rows(message: Message, *, store_content: bool) -> list[dict[str, Any]]:
-    """The ``<prefix>attachments`` rows for ``message``, without ``message_id`` (not known yet)."""
+    """The ``<prefix>attachments`` rows for ``message``, without ``message_id`` (not known yet).
+
+    ``content`` is a :class:`LargeValue`: nothing is decoded until the sink streams it.
+    """
     clean = Cleaner()
     return [
         {
@@ -134,7 +159,7 @@ def attachment_rows(message: Message, *, store_content: bool) -> list[dict[str, 
             "sha256": attachment.sha256,
             "content_id": clean.text(attachment.content_id),
             "inline": attachment.inline,
-            "content": attachment.content() if store_content else None,
+            "content": LargeValue(attachment.size, attachment.chunks) if store_content else None,
         }
         for position, attachment in enumerate(message.attachments)
     ]

@@ -27,38 +27,21 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
-    Text,
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.dialects import mysql  # the state store imports it anyway
 from sqlalchemy.types import TypeEngine
+
+from popflow.sql import id_type, key_string, long_binary, long_text
 
 PREFIX_RE = re.compile(r"^(?:[a-z][a-z0-9_]{0,31})?$")
 """Lowercase identifiers only: no quoting surprises on PostgreSQL, no case issues on MariaDB."""
 
-MYSQL = ("mysql", "mariadb")
 MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4",
                        "mysql_collate": "utf8mb4_unicode_ci"}
-
-
-def key_string() -> TypeEngine[str]:
-    """VARCHAR(255) compared byte for byte everywhere (case-sensitive UIDLs)."""
-    return String(255).with_variant(mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), *MYSQL)
-
-
-def long_text() -> TypeEngine[str]:
-    """Unbounded text: ``TEXT`` on SQLite/PostgreSQL, ``LONGTEXT`` on MariaDB."""
-    return Text().with_variant(mysql.LONGTEXT(), *MYSQL)
-
-
-def long_binary() -> TypeEngine[bytes]:
-    """Unbounded bytes: ``BLOB``/``BYTEA``, ``LONGBLOB`` on MariaDB."""
-    return LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
 
 
 def json_type() -> TypeEngine[Any]:
@@ -67,11 +50,6 @@ def json_type() -> TypeEngine[Any]:
     from sqlalchemy.dialects import postgresql
 
     return JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-def id_type() -> TypeEngine[int]:
-    """A 64-bit key; INTEGER on SQLite, where only that aliases the auto-incrementing rowid."""
-    return BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -147,8 +125,9 @@ def tables_for(prefix: str) -> SinkTables:
         Column("meta", json_type()),
         Column("tags", json_type()),
         Column("defects", json_type()),
-        Column("raw", long_binary()),
         Column("received_at", UTCDateTime(), nullable=False),
+        # Last: SQLite streams a large value in only when no stored column follows it (migration 0002).
+        Column("raw", long_binary()),
         UniqueConstraint("source", "uidl", name=f"{prefix}messages_source_uidl"),
         **MYSQL_TABLE_OPTIONS,
     )

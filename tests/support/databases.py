@@ -22,11 +22,14 @@ does not answer fails the test when ``CI=true`` and skips it otherwise, with the
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, text
@@ -142,3 +145,20 @@ def drop_state_tables(url: str) -> None:
         existing.drop_all(engine)
     finally:
         engine.dispose()
+
+
+def sqlite_shape(path: Path, version_table: str) -> dict[str, Any]:
+    """Tables, columns, indexes and foreign keys of a SQLite file, order of columns aside."""
+    with closing(sqlite3.connect(path)) as connection:
+        names = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        shape: dict[str, Any] = {}
+        for name in names:
+            columns = sorted(tuple(row[1:]) for row in connection.execute(f"PRAGMA table_info({name})"))
+            indexes = sorted(
+                (row[1], row[2], tuple(info[2] for info in connection.execute(f"PRAGMA index_info({row[1]})")))
+                for row in connection.execute(f"PRAGMA index_list({name})") if row[3] == "c")
+            keys = sorted(tuple(row[2:]) for row in connection.execute(f"PRAGMA foreign_key_list({name})"))
+            shape[name] = (columns, indexes, keys)
+        shape["version"] = connection.execute(f"SELECT version_num FROM {version_table}").fetchall() \
+            if version_table in names else None
+    return shape

@@ -102,7 +102,7 @@ class ClamavPlugin:
         if result.status != "clean" or not options.scan_attachments:
             return self._verdict(result)
         for attachment in message.attachments:
-            result = self._ask(client, [attachment.content()])
+            result = self._ask(client, attachment.chunks())  # decoded in pieces: bounded memory
             if result.status != "clean":
                 return self._verdict(result, part=f"attachment {attachment.filename!r}")
         return self._verdict(result)
