@@ -79,7 +79,7 @@ def load_app(ctx: click.Context, config_path: Path | None) -> App:
         fail(str(exc), status=1)
     except ConfigError as exc:
         app.close()
-        fail(ConfigError(exc.problem, file=app.file, path=exc.path).describe())
+        fail(ConfigError(exc.problem, file=exc.file or app.file, path=exc.path).describe())
     except (ImportError, ArgumentError) as exc:  # a driver that is not installed, a bad URL option
         app.close()
         fail(ConfigError(f"cannot use this database: {type(exc).__name__}: {exc}", file=app.file,
@@ -235,4 +235,4 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 
 
 # The other commands live in their own modules and register themselves on ``main``.
-from popflow import cli_check, cli_ops, cli_run, cli_stored, cli_worker  # noqa: E402,F401
+from popflow import cli_check, cli_ops, cli_run, cli_sources, cli_stored, cli_worker  # noqa: E402,F401

@@ -80,7 +80,7 @@ def dispatch_until_signal(app: App, names: list[str]) -> None:
     from popflow.executors.dispatcher import Dispatcher
 
     with user_errors():
-        dispatcher = Dispatcher(app, names, sources=getattr(app, "refresh_sources", None))
+        dispatcher = Dispatcher(app, names, sources=app.refresh_sources)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping the scheduler (running polls go on on their workers)", signal.Signals(signum).name)
