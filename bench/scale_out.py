@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -75,6 +76,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
                 return
 
     pumping = asyncio.create_task(pump())
+    _running.add(pumping)
+    pumping.add_done_callback(_running.discard)
     try:
         while True:
             due, data = await queue.get()
@@ -91,14 +94,22 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         writer.close()
 
 
+_running: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
+
+
 async def _serve(target_port: int, delay: float, ready: Any) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
         except OSError:
             writer.close()
             return
         await asyncio.gather(_pipe(reader, up_writer, delay), _pipe(up_reader, writer, delay))
+
+    def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(forward(reader, writer))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     ready.send(server.sockets[0].getsockname()[1])
@@ -385,6 +396,7 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     rtt = parse_duration(args.rtt)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (processes, Dovecot) on SIGTERM too
     import tempfile
 
     server = start_dovecot()

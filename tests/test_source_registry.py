@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -22,7 +23,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from tests.support import dovecot as dovecot_support
-from tests.support.dovecot import DovecotServer
+from tests.support.dovecot import DovecotServer, free_port
 from tests.support.pipeline import sample_message
 from tests.support.scaleout import Proc, broker_url, pg_schema, purge_queue, queue_name, wait_until
 
@@ -78,6 +79,14 @@ def popflow(config: Path, *args: str, key: str | None, stdin: str | None = None,
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert result.returncode == 0, (result.args, result.stdout, result.stderr[-3000:])
     return result
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
 
 
 def registry_rows(state: str) -> list[dict[str, object]]:
@@ -276,11 +285,18 @@ def test_registry_sources_on_celery_workers(tmp_path: Path, key: str, dovecot_se
                            "--every", "1s", key=key, X=box.password))
 
             add("early", boxes[0])
-            procs += [Proc.start("worker", config, "worker", "--concurrency", "2", verbose=True),
+            http = free_port()
+            procs += [Proc.start("worker", config, "worker", "--concurrency", "2", "--http", str(http), verbose=True),
                       Proc.start("scheduler", config, "run", verbose=True)]
             wait_until(lambda: boxes[0].count() == 0, 60, what="the first registry source drained")
             add("late", boxes[1])  # picked up by the running scheduler and worker
             wait_until(lambda: boxes[1].count() == 0, 60, what="the source added later drained")
+            # The worker's own /metrics: the polls it ran, by source (no scheduler in this process).
+            wait_until(lambda: 'popflow_messages_total{outcome="delivered",source="late"} 4.0' in scrape(http),
+                       30, what="the worker's metrics to count the late source's messages")
+            metrics = scrape(http)
+            health = urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=5)
+            assert health.status == 200
             codes = {proc.name: proc.terminate() for proc in procs}
         finally:
             os.environ.pop("POPFLOW_SECRET_KEY", None)
@@ -289,6 +305,8 @@ def test_registry_sources_on_celery_workers(tmp_path: Path, key: str, dovecot_se
                     proc.kill_group()
             purge_queue(broker, queue)
     logs = {proc.name: proc.log() for proc in procs}
+    assert 'popflow_messages_total{outcome="delivered",source="early"} 4.0' in metrics
+    assert 'popflow_polls_total{source="early",status="ok"}' in metrics and "popflow_state_up 1.0" in metrics
     assert codes == {"worker": 0, "scheduler": 0}, {n: logs[n][-2000:] for n in codes}
     delivered = procs[0].polls()
     assert delivered == {"early": 4, "late": 4}, logs["worker"][-3000:]
