@@ -394,6 +394,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--rounds", type=int, default=40, help="empty polls in the breakdown")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-breakdown", action="store_true")
     args = parser.parse_args()
     rtt = parse_duration(args.rtt)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (processes, Dovecot) on SIGTERM too
@@ -409,8 +410,9 @@ def main() -> None:
               f"RTT {rtt * 1000:.0f} ms; {os.cpu_count()} CPUs shared with other jobs; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
         shown_rtt = f"RTT {rtt * 1000:.0f} ms"
-        for label, port, cache in (("RTT 0 (direct)", server.tls_port, True), (shown_rtt, proxy_port, True),
-                                   (f"{shown_rtt}, a new TLS context per poll (before)", proxy_port, False)):
+        steps = [("RTT 0 (direct)", server.tls_port, True), (shown_rtt, proxy_port, True),
+                 (f"{shown_rtt}, a new TLS context per poll (before)", proxy_port, False)]
+        for label, port, cache in [] if args.skip_breakdown else steps:
             figures = breakdown_run(folder, server, boxes[0], port, args.rounds, cache)
             print(f"\n## empty poll, {label}: mean of {args.rounds} polls, ms")
             for key, value in figures.items():
