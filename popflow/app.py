@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from popflow.raw_copies import StateRawStore
 from popflow.raw_store import MessageStore
 from popflow.redact import option_secrets, register_secrets, url_secrets
 from popflow.sinks.base import Sink
+from popflow.source_registry import REGISTRY_FILE, RegistryKeys, SourceRegistry, load_keys
 from popflow.sources.base import Source
 from popflow.spool import clean_spool
 from popflow.state import StateStore
@@ -58,8 +61,14 @@ class App:
     """Config + plugin manager + state store; builds sources, sinks and pollers on demand."""
 
     def __init__(self, config: Config, *, plugins_dirs: Iterable[Path] = (), extra_plugins: Iterable[object] = (),
-                 pm: PopflowPluginManager | None = None) -> None:
+                 pm: PopflowPluginManager | None = None, registry: bool = True) -> None:
         self.config = config
+        self.with_registry = registry
+        """Merge the source registry's sources (:meth:`refresh_sources`) when the state store opens."""
+        self._registry_lock = threading.RLock()
+        self._registry_names: set[str] = set()
+        self._registry_seen: tuple[int, Any] | None = None
+        self._registry_checked = 0.0
         self.file = str(config.source_file) if config.source_file else None
         base_dir = config.source_file.parent if config.source_file else Path.cwd()
         dirs = [config.resolve_path(path) for path in config.plugins_dir] + [Path(p) for p in plugins_dirs]
@@ -82,19 +91,61 @@ class App:
         self.pm.hook.popflow_startup(config=config)
 
     def _validate(self, kind: str, entries: dict[str, dict[str, Any]], lookup: Any,
-                  default_type: str | None) -> dict[str, tuple[type, Any]]:
+                  default_type: str | None, file: str | None = None) -> dict[str, tuple[type, Any]]:
+        file = file or self.file
         validated = {}
         for name, options in entries.items():
             type_name = options.get("type", default_type)
             if type_name is None:
-                raise ConfigError("missing 'type'", file=self.file, path=f"{kind}.{name}")
+                raise ConfigError("missing 'type'", file=file, path=f"{kind}.{name}")
             try:
                 cls = lookup(type_name)
             except ConfigError as exc:
-                raise ConfigError(exc.problem, file=self.file, path=f"{kind}.{name}.type") from None
-            validated[name] = (cls, validate_component(cls.config_model, options, kind=kind, name=name,
-                                                       file=self.file))
+                raise ConfigError(exc.problem, file=file, path=f"{kind}.{name}.type") from None
+            validated[name] = (cls, validate_component(cls.config_model, options, kind=kind, name=name, file=file))
         return validated
+
+    def validate_sources(self, entries: dict[str, dict[str, Any]]) -> dict[str, tuple[type, Any]]:
+        """Validate registry sources as YAML ones are; a name the YAML file also defines is an error."""
+        for name in sorted(set(entries) & set(self.config.sources)):
+            raise ConfigError(f"source {name!r} is defined both in this file and in the source registry; "
+                              f"remove one (the YAML entry, or `popflow sources remove {name}`)",
+                              file=self.file, path=f"sources.{name}")
+        register_secrets(option_secrets(entries))
+        validated = self._validate("sources", entries, self.pm.registry.source_type, "pop3", file=REGISTRY_FILE)
+        register_secrets(secret for _, options in validated.values() for secret in option_secrets(options))
+        return validated
+
+    def registry_keys(self) -> RegistryKeys | None:
+        """The source registry's key(s): ``POPFLOW_SECRET_KEY``, else the config's ``secret_key_file``."""
+        key_file = self.config.secret_key_file
+        return load_keys(self.config.resolve_path(key_file) if key_file is not None else None)
+
+    def refresh_sources(self, max_age: float = 0.0) -> list[str]:
+        """Merge the source registry into :attr:`source_configs` (when it changed); the enabled names.
+
+        One cheap query (row count, newest change) decides whether anything changed; with
+        ``max_age``, not even that when the last look is more recent. A worker calls this before
+        each poll, so a password changed with ``popflow sources add --replace`` applies at once.
+        """
+        if self._state is None:
+            _ = self.state  # opening it refreshes (and this returns below)
+            return self.enabled_sources()
+        with self._registry_lock:
+            if max_age and time.monotonic() - self._registry_checked < max_age:
+                return self.enabled_sources()
+            book = SourceRegistry(self._state)
+            seen = book.snapshot()
+            if seen != self._registry_seen:
+                validated = self.validate_sources(book.load(self.registry_keys()))
+                merged = {name: entry for name, entry in self.source_configs.items()
+                          if name not in self._registry_names}
+                merged.update(validated)
+                self.source_configs = merged  # one swap: poll threads see the old or the new mapping
+                self._registry_names = set(validated)
+                self._registry_seen = seen
+            self._registry_checked = time.monotonic()
+        return self.enabled_sources()
 
     @property
     def state(self) -> StateStore:
@@ -102,6 +153,8 @@ class App:
         if self._state is None:
             url = resolve_sqlite_url(self.config.state, self.context.base_dir)
             self._state = StateStore(url)
+            if self.with_registry:
+                self.refresh_sources()
         return self._state
 
     def prepare_data_dir(self) -> None:

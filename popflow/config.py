@@ -204,6 +204,8 @@ class Config(StrictModel):
     routes: list[RouteRule] = Field(default_factory=list)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    secret_key_file: Path | None = None
+    """The source registry's Fernet key(s), one a line (``POPFLOW_SECRET_KEY`` overrides; docs/scale-out.md)."""
 
     # Where the file was read from; relative paths in it are relative to this folder.
     source_file: Path | None = Field(default=None, exclude=True)

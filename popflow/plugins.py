@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "popflow"
 
 DEFAULT_PLUGINS: dict[str, str] = {
-    "popflow.parser": "popflow.parsing.parser",
-    "popflow.stages.rules": "popflow.rules.config_rules:ConfigRules",
+    "popflow.parser": "popflow.stages.parse",
+    "popflow.stages.rules": "popflow.stages.rules:ConfigRules",
 }
 """Built-in stage plugins by the name they are registered under (stable: ``popflow plugins`` shows
 it, tests and plugins may ``pm.unregister(name=...)``): ``module`` or ``module:Class`` (a class is

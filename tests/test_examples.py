@@ -124,3 +124,22 @@ def test_the_readme_links_and_commands_exist() -> None:
     for command in re.findall(r"^\| `popflow ([a-z-]+)", readme, re.MULTILINE):
         assert command in commands, f"README documents an unknown command {command}"
     assert {"run", "demo", "check", "poll", "init", "plugins", "dead-letters", "quarantine"} <= commands
+
+
+@pytest.mark.parametrize("name", ["popflow-scheduler.service", "popflow-worker@.service"])
+def test_the_scale_out_units_verify(name: str, tmp_path: Path) -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(EXAMPLES / name)
+    service = unit["Service"]
+    assert service["KillSignal"] == "SIGTERM" and service["RestartPreventExitStatus"] == "2"
+    assert "registry-key:" in service["LoadCredential"] and service["ProtectSystem"] == "strict"
+    assert (" worker " in service["ExecStart"]) == ("worker" in name)
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    # A template verifies as an instance of it.
+    target = EXAMPLES / name
+    if "@" in name:
+        target = Path(shutil.copy(target, tmp_path / "popflow-worker@1.service"))
+    result = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True, text=True, timeout=30)
+    problems = [line for line in result.stderr.splitlines() if line.strip() and "/opt/popflow/bin/popflow" not in line]
+    assert problems == []

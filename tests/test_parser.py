@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from popflow import Message
-from popflow.parsing.parser import parse_message, popflow_parse
+from popflow.parsing.parser import parse_message
 from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
+from popflow.stages.parse import popflow_parse
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 PDF = b"%PDF-1.4\n" + b"0123456789" * 500

@@ -6,7 +6,7 @@ import pytest
 
 from popflow.config import parse_config
 from popflow.message import Address, Attachment, Body, Message
-from popflow.rules.config_rules import ConfigRules
+from popflow.stages.rules import ConfigRules
 
 
 def message(**fields: object) -> Message:

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "popflow.cli.stored",  # dead-letters, quarantine
     "popflow.cli.ops",  # init, plugins, status, schema, new-plugin
     "popflow.cli.worker",  # worker
+    "popflow.cli.sources",  # sources add|list|show|remove|enable|disable|import|keygen|rekey
 )
 """Every module whose ``COMMANDS`` are registered on :func:`main` (the only place they are)."""
 

@@ -77,7 +77,7 @@ def _load_app(ctx: click.Context, config_path: Path | None) -> App:
         fail(str(exc), status=1)
     except ConfigError as exc:
         app.close()
-        fail(ConfigError(exc.problem, file=app.file, path=exc.path).describe())
+        fail(ConfigError(exc.problem, file=exc.file or app.file, path=exc.path).describe())
     except (ImportError, ArgumentError) as exc:  # a driver that is not installed, a bad URL option
         app.close()
         fail(ConfigError(f"cannot use this database: {type(exc).__name__}: {exc}", file=app.file,

@@ -61,7 +61,7 @@ def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -
             dispatch_until_signal(app, names)
             return
         scheduler = PollScheduler(app, names)
-        ops = _ops_server(app, scheduler, listen)
+        ops = ops_server(app, scheduler, listen)
         with stop_on_signals(app.context.stop.set, "finishing the message in hand, then QUIT") as stopping:
             try:
                 scheduler.start()
@@ -74,8 +74,10 @@ def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -
     log.info("popflow run: stopped")
 
 
-def _ops_server(app: App, scheduler: PollScheduler, listen: ListenAddress | None) -> OpsServer | None:
-    """The metrics/status server when ``--http`` or ``http.listen`` asks for one, listening already."""
+def ops_server(app: App, scheduler: PollScheduler | None, listen: ListenAddress | None,
+               sources: list[str] | None = None) -> OpsServer | None:
+    """The metrics/status server when ``--http`` or ``http.listen`` asks for one, listening already
+    (``scheduler=None``, ``sources=[]`` for a worker: see :class:`~popflow.ops.server.OpsServer`)."""
     from popflow.ops.listen import parse_listen
     from popflow.ops.server import OpsServer
 
@@ -83,7 +85,7 @@ def _ops_server(app: App, scheduler: PollScheduler, listen: ListenAddress | None
         listen = parse_listen(app.config.http.listen)
     if listen is None:
         return None
-    ops = OpsServer(app, scheduler, listen)
+    ops = OpsServer(app, scheduler, listen, sources)
     ops.attach()
     try:
         ops.start()

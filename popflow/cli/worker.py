@@ -30,9 +30,19 @@ log = logging.getLogger("popflow.worker")
 @click.option("--concurrency", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="polls this worker runs at once (threads)")
 @click.option("--name", "node_name", default=None, help="the worker's node name (default popflow@HOST:PID)")
+@click.option("--http", "http_listen", metavar="ADDR", default=None,
+              help="serve this worker's /metrics, /healthz, /readyz and status page on ADDR (a bare port means "
+                   "loopback); overrides the config's http.listen")
 @click.pass_context
-def worker(ctx: click.Context, config_path: Path | None, concurrency: int, node_name: str | None) -> None:
+def worker(ctx: click.Context, config_path: Path | None, concurrency: int, node_name: str | None,
+           http_listen: str | None) -> None:
     """Run poll tasks from the broker (config ``executor: {type: celery, broker: ...}``) until SIGTERM."""
+    from popflow.ops.listen import parse_listen
+
+    try:
+        listen = parse_listen(http_listen) if http_listen is not None else None
+    except ValueError as exc:
+        fail(f"--http: {exc}")
     with open_app(ctx, config_path) as app:
         settings = app.config.executor
         if settings.type != "celery":
@@ -60,8 +70,17 @@ def worker(ctx: click.Context, config_path: Path | None, concurrency: int, node_
             loglevel=level, quiet=True, without_gossip=True, without_mingle=True,
             optimization="fair",  # hand a task to a thread only when it is free (with prefetch 1)
         )
+        from popflow.cli.run import ops_server
+
+        # Only the polls this worker runs, series made as sources are polled (not one per source up
+        # front: a fleet's registry may hold 100,000); /healthz is 503 once it stops.
+        ops = ops_server(app, None, listen, sources=[])
         log.info("popflow worker %s: %d thread(s) on queue %s", hostname, concurrency, settings.queue)
-        worker_process.start()
+        try:
+            worker_process.start()
+        finally:
+            if ops is not None:
+                ops.close()
     code = int(getattr(worker_process, "exitcode", 0) or 0)
     log.info("popflow worker %s: stopped (exit %d)", hostname, code)
     sys.exit(code)
@@ -74,7 +93,7 @@ def dispatch_until_signal(app: App, names: list[str]) -> None:
     from popflow.executors.dispatcher import Dispatcher
 
     with user_errors():
-        dispatcher = Dispatcher(app, names, sources=getattr(app, "refresh_sources", None))
+        dispatcher = Dispatcher(app, names, sources=app.refresh_sources)
 
     log.info("popflow run: scheduling %d source(s) onto queue %s at %s; stop with Ctrl-C or SIGTERM", len(names),
              app.config.executor.queue, display_url(app.config.executor.broker or ""))

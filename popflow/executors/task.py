@@ -17,6 +17,9 @@ from popflow.processes import new_owner
 
 log = logging.getLogger("popflow.worker")
 
+REFRESH_EVERY = 10.0
+"""Seconds a worker trusts its copy of the source registry before looking for changes again."""
+
 
 def tick_grace(settings: ExecutorSettings) -> float:
     """Seconds after which a tick whose task has not finished, and whose source no live lease holds,
@@ -36,9 +39,11 @@ class PollTask:
 
     def run(self, source: str, tick: int) -> str:
         """Poll ``source`` for ``tick`` unless that tick is done; returns what happened, in one word."""
-        refresh = getattr(self.app, "refresh_sources", None)
-        if source not in self.app.source_configs and refresh is not None:
-            refresh()  # a source added to the registry after this worker started
+        try:
+            # A source added to the registry after this worker started, or changed (a new password).
+            self.app.refresh_sources(max_age=0.0 if source not in self.app.source_configs else REFRESH_EVERY)
+        except Exception as exc:  # the registry cannot be read: poll with what this worker has
+            log.warning("cannot reload the source registry: %s", " ".join(str(exc).split())[:200])
         if source not in self.app.source_configs:
             log.warning("poll %s: no such source here (removed from the registry, or a config that differs "
                         "from the scheduler's); task dropped", source)

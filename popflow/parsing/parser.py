@@ -1,4 +1,7 @@
-"""The built-in parser plugin: raw bytes into a :class:`~popflow.message.Message`, never raising.
+"""The built-in parser: raw bytes into a :class:`~popflow.message.Message`, never raising.
+
+(The plugin that offers it as the ``popflow_parse`` hook is :mod:`popflow.stages.parse`; this
+module knows nothing of plugins or config.)
 
 Headers are parsed at once and cheaply (the header block only, see :mod:`popflow.parsing.fields`);
 the MIME body is parsed on first access to ``text``, ``html`` or ``attachments``
@@ -8,7 +11,6 @@ the MIME body is parsed on first access to ``text``, ``html`` or ``attachments``
 
 from __future__ import annotations
 
-from popflow.hookspecs import hookimpl
 from popflow.message import Body, Message
 from popflow.parsing.defects import finish_defects
 from popflow.parsing.fields import fill_header_fields
@@ -39,8 +41,3 @@ def _parse_body(raw: RawMessage) -> Body:
 
     return parse_body(raw)
 
-
-@hookimpl(trylast=True)
-def popflow_parse(raw: RawMessage, source: str) -> Message:
-    """The fallback parser: every message gets parsed, however broken."""
-    return parse_message(raw, source)

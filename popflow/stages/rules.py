@@ -9,7 +9,7 @@ from __future__ import annotations
 from popflow.config import Config, FilterRule, RouteRule
 from popflow.hookspecs import hookimpl
 from popflow.message import Message
-from popflow.rules.match import Matcher
+from popflow.stages.match import Matcher
 from popflow.verdicts import FilterDecision
 
 

@@ -1,1 +1,0 @@
-"""Built-in pipeline stages: the config's filters and routes."""
