@@ -1,0 +1,230 @@
+"""One server, one mode: keep twice then delete with popflow, compared with what the server serves.
+
+The reference is what the server itself serves to a plain RETR (read byte for byte, dot-unstuffed,
+before popflow polls): servers rewrite headers and line ends, so the file put in is not the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+import shutil
+import ssl
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from interop.messages import Message
+from interop.servers import Mode, Server
+
+POPFLOW = Path(os.environ.get("INTEROP_POPFLOW", Path(sys.executable).with_name("popflow")))
+MAX_LINE = 1 << 20
+
+
+@dataclass
+class Served:
+    """What the server serves in one session: UIDLs, LIST sizes and the RETR bytes of each message."""
+
+    uidls: list[str]
+    sizes: list[int]
+    bodies: list[bytes]
+    capa: list[str]
+
+
+def connect(server: Server, mode: Mode) -> poplib.POP3:
+    """A logged-in poplib session in ``mode`` (USER/PASS is used for the apop and plain modes too:
+    the reference must not depend on the mechanism under test)."""
+    context = ssl.create_default_context(cafile=str(server.ca.ca_file))
+    client: poplib.POP3
+    if mode.tls == "implicit":
+        client = poplib.POP3_SSL("127.0.0.1", server.tls_port, timeout=30, context=context)
+    else:
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        if mode.tls == "starttls":
+            client.stls(context=context)
+    client.user(server.user.name)
+    client.pass_(server.user.password)
+    return client
+
+
+def _retr_raw(client: poplib.POP3, number: int) -> bytes:
+    """RETR ``number`` read line by line as sent: only the terminator and dot-stuffing removed."""
+    client.sock.sendall(b"RETR %d\r\n" % number)
+    status = client.file.readline(MAX_LINE)
+    if not status.startswith(b"+OK"):
+        raise poplib.error_proto(status.decode("latin-1").strip())
+    out = bytearray()
+    while True:
+        line = client.file.readline(MAX_LINE)
+        if not line:
+            raise poplib.error_proto(f"connection closed inside RETR {number}")
+        if line == b".\r\n":
+            return bytes(out)
+        out += line[1:] if line.startswith(b".") else line
+
+
+def served(server: Server, mode: Mode) -> Served:
+    """Everything the server serves now (the session ends without DELE)."""
+    client = connect(server, mode)
+    try:
+        try:
+            capa = [f"{k} {' '.join(v)}".strip() for k, v in client.capa().items()]
+        except poplib.error_proto:
+            capa = []
+        uidls = [line.decode().split()[1] for line in client.uidl()[1]]
+        sizes = [int(line.split()[1]) for line in client.list()[1]]
+        bodies = [_retr_raw(client, number) for number in range(1, len(uidls) + 1)]
+    finally:
+        client.quit()
+    server.wait_idle()
+    return Served(uidls, sizes, bodies, capa)
+
+
+def popflow_config(folder: Path, server: Server, mode: Mode, keep: bool) -> Path:
+    port = server.tls_port if mode.tls == "implicit" else server.port
+    source: dict[str, Any] = {
+        "type": "pop3", "host": "127.0.0.1", "port": port, "tls": mode.tls, "auth": mode.auth,
+        "username": server.user.name, "password": server.user.password, "timeout": "30s",
+        "keep_on_server": keep}
+    if mode.tls == "none":
+        source["allow_insecure"] = True
+    else:
+        source["ca_file"] = str(server.ca.ca_file)
+    data = {"state": "sqlite:///state.db", "data_dir": "./data",
+            "sources": {server.name: source},
+            "sinks": {"mail": {"type": "folder", "path": "./mail", "layout": "maildir"}},
+            "routes": [{"sinks": ["mail"]}]}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "popflow.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def poll(config: Path) -> tuple[int, str]:
+    """``popflow -v poll`` as a user runs it: exit code and output."""
+    result = subprocess.run([str(POPFLOW), "-v", "poll", "-c", str(config)], capture_output=True, text=True,
+                            timeout=300, cwd=config.parent, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def stored(folder: Path) -> list[bytes]:
+    mail = folder / "mail"
+    return [p.read_bytes() for p in sorted([*mail.glob("new/*"), *mail.glob("cur/*")])]
+
+
+def compare(got: list[bytes], want: list[bytes], names: list[str]) -> list[str]:
+    """What differs between stored and served, per message name; empty when identical as multisets."""
+    have, expected = Counter(got), Counter(want)
+    problems = []
+    for index, body in enumerate(want):
+        if have[body] < expected[body]:
+            near = min((g for g in got if g not in expected), key=lambda g: abs(len(g) - len(body)), default=None)
+            detail = ""
+            if near is not None:
+                offset = next((i for i, (a, b) in enumerate(zip(near, body, strict=False)) if a != b),
+                              min(len(near), len(body)))
+                detail = (f" (closest stored: {len(near)} bytes vs {len(body)} served, first difference at "
+                          f"{offset}: {near[offset:offset + 24]!r} vs {body[offset:offset + 24]!r})")
+            problems.append(f"{names[index]} missing{detail}")
+        elif have[body] > expected[body]:
+            problems.append(f"{names[index]} stored {have[body]} times")
+    return problems
+
+
+@dataclass
+class Outcome:
+    """One cell of the matrix."""
+
+    mode: str
+    ok: bool = True
+    checks: int = 0
+    problems: list[str] = field(default_factory=list)
+    quirks: list[str] = field(default_factory=list)
+
+    def fail(self, text: str) -> None:
+        self.ok = False
+        self.problems.append(text)
+
+    def expect(self, condition: bool, text: str) -> None:
+        self.checks += 1
+        if not condition:
+            self.fail(text)
+
+
+def _served_quirks(ref: Served, messages: list[Message]) -> list[str]:
+    quirks = []
+    odd_sizes = [messages[i].name for i, (size, body) in enumerate(zip(ref.sizes, ref.bodies, strict=False))
+                 if size != len(body)]
+    if odd_sizes:
+        quirks.append(f"LIST size != RETR bytes for {', '.join(odd_sizes)}")
+    if len(set(ref.uidls)) != len(ref.uidls):
+        quirks.append(f"{len(ref.uidls) - len(set(ref.uidls))} duplicate UIDLs")
+    crcr = [messages[i].name for i, body in enumerate(ref.bodies) if b"\r\r\n" in body]
+    if crcr:
+        quirks.append(f"serves CR CR LF for {', '.join(crcr)}")
+    changed = [messages[i].name for i, body in enumerate(ref.bodies)
+               if body.replace(b"\r\n", b"\n").rstrip(b"\n") != messages[i].data.rstrip(b"\n")]
+    if changed:
+        quirks.append(f"served differs from stored file for {len(changed)}/{len(messages)}")
+    return quirks
+
+
+def run_mode(server: Server, mode: Mode, messages: list[Message], work: Path) -> Outcome:
+    """keep, keep again (fetches nothing), then delete (a fresh state), each checked against RETR."""
+    outcome = Outcome(mode.name)
+    names = [m.name for m in messages]
+    server.fill(messages)
+    try:
+        ref = served(server, mode)
+        again = served(server, mode)
+        if again.bodies != ref.bodies:  # mailutils writes X-UID/Status back after the first session
+            outcome.quirks.append("rewrites messages after the first session")
+            ref = again
+    except (poplib.error_proto, OSError) as exc:
+        outcome.fail(f"reference session failed: {exc}")
+        return outcome
+    if len(ref.bodies) != len(messages):
+        outcome.quirks.append(f"serves {len(ref.bodies)} messages for {len(messages)} stored")
+        names = [f"#{i + 1}" for i in range(len(ref.bodies))] if len(ref.bodies) != len(names) else names
+    else:
+        outcome.quirks += _served_quirks(ref, messages)
+    outcome.quirks += [c for c in ref.capa if c.split()[0] in ("UTF8", "LOGIN-DELAY", "EXPIRE", "EXPIRENEVER")]
+    keep_dir, delete_dir = work / f"{mode.name}-keep", work / f"{mode.name}-delete"
+    for folder in (keep_dir, delete_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    config = popflow_config(keep_dir, server, mode, keep=True)
+    for attempt in (1, 2):
+        code, output = poll(config)
+        server.wait_idle()
+        (keep_dir / f"poll{attempt}.log").write_text(output)
+        outcome.expect(code == 0, f"keep poll {attempt} exited {code}: {_tail(output)}")
+        outcome.expect("Traceback" not in output, f"keep poll {attempt} traceback: {_tail(output)}")
+        for problem in compare(stored(keep_dir), ref.bodies, names):
+            outcome.fail(f"keep {attempt}: {problem}")
+        outcome.checks += 1
+        outcome.expect(len(stored(keep_dir)) == len(ref.bodies),
+                       f"keep {attempt}: {len(stored(keep_dir))} stored for {len(ref.bodies)} served")
+    after = served(server, mode)
+    outcome.expect(len(after.bodies) == len(ref.bodies), f"keep: {len(after.bodies)} left on the server")
+    if after.bodies != ref.bodies:
+        outcome.quirks.append("rewrites messages between sessions")
+    config = popflow_config(delete_dir, server, mode, keep=False)
+    code, output = poll(config)
+    server.wait_idle()
+    (delete_dir / "poll.log").write_text(output)
+    outcome.expect(code == 0, f"delete poll exited {code}: {_tail(output)}")
+    for problem in compare(stored(delete_dir), after.bodies, names):
+        outcome.fail(f"delete: {problem}")
+    outcome.checks += 1
+    left = served(server, mode)
+    outcome.expect(not left.bodies, f"delete: {len(left.bodies)} left on the server")
+    return outcome
+
+
+def _tail(output: str, lines: int = 4) -> str:
+    return " | ".join(line.strip() for line in output.strip().splitlines()[-lines:])
