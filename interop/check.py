@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import poplib
+import re
 import shutil
 import ssl
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from interop.messages import Message
+from interop.messages import Message, from_quoted
 from interop.servers import Mode, Server
 
 POPFLOW = Path(os.environ.get("INTEROP_POPFLOW", Path(sys.executable).with_name("popflow")))
@@ -68,14 +69,25 @@ def _retr_raw(client: poplib.POP3, number: int) -> bytes:
         out += line[1:] if line.startswith(b".") else line
 
 
-def served(server: Server, mode: Mode) -> Served:
-    """Everything the server serves now (the session ends without DELE)."""
+def _command(client: poplib.POP3, line: bytes) -> bytes:
+    client.sock.sendall(line + b"\r\n")
+    return client.file.readline(MAX_LINE).rstrip(b"\r\n")
+
+
+def served(server: Server, mode: Mode, utf8: bool = True) -> Served:
+    """Everything the server serves now (the session ends without DELE). With ``utf8`` the session
+    sends ``UTF8`` (RFC 6856) when CAPA offers it, as popflow does: the reference is what a client
+    that enables it is served."""
     client = connect(server, mode)
     try:
         try:
             capa = [f"{k} {' '.join(v)}".strip() for k, v in client.capa().items()]
         except poplib.error_proto:
             capa = []
+        if utf8 and any(line.split()[0] == "UTF8" for line in capa):
+            answer = _command(client, b"UTF8")
+            if not answer.startswith(b"+OK"):
+                raise poplib.error_proto(f"UTF8 refused: {answer!r}")
         uidls = [line.decode().split()[1] for line in client.uidl()[1]]
         sizes = [int(line.split()[1]) for line in client.list()[1]]
         bodies = [_retr_raw(client, number) for number in range(1, len(uidls) + 1)]
@@ -156,44 +168,94 @@ class Outcome:
             self.fail(text)
 
 
+def _canonical(data: bytes) -> bytes:
+    """The stored bytes as a well-behaved server serves them: every line end CRLF, a final one."""
+    wire = re.sub(rb"\r?\n", b"\r\n", data)
+    return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
+
+
+def _header(name: bytes, data: bytes) -> bytes | None:
+    found = re.search(rb"^" + name + rb":[ \t]*([^\r\n]*)", data, re.M | re.I)
+    return found.group(1) if found else None
+
+
+def match(bodies: list[bytes], messages: list[Message]) -> list[Message | None]:
+    """The stored message each served body is: servers list a Maildir in their own order. Matched by
+    identical bytes, else Message-ID, else Subject (unique ones only)."""
+    found: list[Message | None] = []
+    for body in bodies:
+        candidates = [m for m in messages if _canonical(m.data) == body]
+        for name in (b"Message-ID", b"Subject"):
+            if len(candidates) != 1 and _header(name, body) is not None:
+                candidates = [m for m in messages if _header(name, m.data) == _header(name, body)]
+        found.append(candidates[0] if len(candidates) == 1 else None)
+    return found
+
+
+def _names(found: list[str]) -> str:
+    return ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+
+
 def _served_quirks(ref: Served, messages: list[Message]) -> list[str]:
     quirks = []
-    odd_sizes = [messages[i].name for i, (size, body) in enumerate(zip(ref.sizes, ref.bodies, strict=False))
-                 if size != len(body)]
+    matched = match(ref.bodies, messages)
+    if len(ref.bodies) != len(messages):
+        lost = [m.name for m in messages if m not in matched]
+        quirks.append(f"serves {len(ref.bodies)} messages for {len(messages)} stored (not served on its own: "
+                      f"{_names(lost)})")
+    pairs = [(m, body, size) for m, body, size in zip(matched, ref.bodies, ref.sizes, strict=False) if m is not None]
+    odd_sizes = [m.name for m, body, size in pairs if size != len(body)]
     if odd_sizes:
-        quirks.append(f"LIST size != RETR bytes for {', '.join(odd_sizes)}")
+        quirks.append(f"LIST size != RETR bytes for {_names(odd_sizes)}")
     if len(set(ref.uidls)) != len(ref.uidls):
         quirks.append(f"{len(ref.uidls) - len(set(ref.uidls))} duplicate UIDLs")
-    crcr = [messages[i].name for i, body in enumerate(ref.bodies) if b"\r\r\n" in body]
+    crcr, ending, quoted, changed = [], [], [], []
+    for message, body, _ in pairs:
+        good = _canonical(message.data)
+        naive = message.data.replace(b"\n", b"\r\n")
+        if body == good:
+            continue
+        if body.rstrip(b"\r\n") == good.rstrip(b"\r\n"):
+            ending.append(message.name)
+        elif naive != good and body.rstrip(b"\r\n") == naive.rstrip(b"\r\n"):
+            crcr.append(message.name)
+        elif body == _canonical(from_quoted(message.data)):
+            quoted.append(message.name)
+        else:
+            changed.append(message.name)
     if crcr:
-        quirks.append(f"serves CR CR LF for {', '.join(crcr)}")
-    changed = [messages[i].name for i, body in enumerate(ref.bodies)
-               if body.replace(b"\r\n", b"\n").rstrip(b"\n") != messages[i].data.rstrip(b"\n")]
+        quirks.append(f"serves a stored CR LF as CR CR LF ({_names(crcr)})")
+    if quoted:
+        quirks.append(f"serves mbox >From quoting ({_names(quoted)})")
+    if ending:
+        quirks.append(f"other final line end for {_names(ending)}")
     if changed:
-        quirks.append(f"served differs from stored file for {len(changed)}/{len(messages)}")
+        quirks.append(f"rewrites {len(changed)}/{len(pairs)} ({_names(changed)})")
     return quirks
 
 
 def run_mode(server: Server, mode: Mode, messages: list[Message], work: Path) -> Outcome:
     """keep, keep again (fetches nothing), then delete (a fresh state), each checked against RETR."""
     outcome = Outcome(mode.name)
-    names = [m.name for m in messages]
     server.fill(messages)
     try:
         ref = served(server, mode)
         again = served(server, mode)
-        if again.bodies != ref.bodies:  # mailutils writes X-UID/Status back after the first session
+        if sorted(again.bodies) != sorted(ref.bodies):  # mailutils writes X-UID/Status back after the first session
             outcome.quirks.append("rewrites messages after the first session")
             ref = again
     except (poplib.error_proto, OSError) as exc:
         outcome.fail(f"reference session failed: {exc}")
         return outcome
-    if len(ref.bodies) != len(messages):
-        outcome.quirks.append(f"serves {len(ref.bodies)} messages for {len(messages)} stored")
-        names = [f"#{i + 1}" for i in range(len(ref.bodies))] if len(ref.bodies) != len(names) else names
-    else:
-        outcome.quirks += _served_quirks(ref, messages)
+    outcome.quirks += _served_quirks(ref, messages)
+    names = [m.name if m else f"#{i + 1}" for i, m in enumerate(match(ref.bodies, messages))]
     outcome.quirks += [c for c in ref.capa if c.split()[0] in ("UTF8", "LOGIN-DELAY", "EXPIRE", "EXPIRENEVER")]
+    if any(c.split()[0] == "UTF8" for c in ref.capa):
+        plain = served(server, mode, utf8=False)
+        substituted = [names[i] for i, body in enumerate(ref.bodies) if body not in plain.bodies]
+        substituted = [_names(substituted)] if substituted else []
+        if substituted:
+            outcome.quirks.append(f"without UTF8 serves other bytes for {', '.join(substituted)}")
     keep_dir, delete_dir = work / f"{mode.name}-keep", work / f"{mode.name}-delete"
     for folder in (keep_dir, delete_dir):
         shutil.rmtree(folder, ignore_errors=True)
@@ -211,7 +273,7 @@ def run_mode(server: Server, mode: Mode, messages: list[Message], work: Path) ->
                        f"keep {attempt}: {len(stored(keep_dir))} stored for {len(ref.bodies)} served")
     after = served(server, mode)
     outcome.expect(len(after.bodies) == len(ref.bodies), f"keep: {len(after.bodies)} left on the server")
-    if after.bodies != ref.bodies:
+    if sorted(after.bodies) != sorted(ref.bodies):
         outcome.quirks.append("rewrites messages between sessions")
     config = popflow_config(delete_dir, server, mode, keep=False)
     code, output = poll(config)

@@ -25,7 +25,7 @@ CORPUS_FILES = [
 
 @dataclass(frozen=True)
 class Message:
-    """One message: a name for the matrix and its bytes with LF line ends (as stores keep them)."""
+    """One message: a name for the matrix and its bytes as stored (LF line ends, but for the odd ones)."""
 
     name: str
     data: bytes
@@ -47,6 +47,8 @@ def _generated() -> list[Message]:
                              "Subject: =?utf-8?q?encoded?= and raw ß\nMessage-ID: <interop-3@popflow.example>\n"
                              "\nok\n".encode()),
         Message("cr-cr-lf", msg(4, b"CR CR LF lines", b"line one\r\r\nline two\r\r\nlast\n")),
+        Message("stored-crlf", msg(8, b"stored with CRLF line ends", b"one\ntwo\n").replace(b"\n", b"\r\n")),
+        Message("lone-cr", msg(9, b"lone CR", b"before\rafter\nend\n")),
         Message("no-final-newline", msg(5, b"no final newline", b"the body ends here")),
         Message("dots-and-from", msg(6, b"dot stuffing", b".\n..two dots\n.leading dot\nFrom the start\n>From x\n")),
         Message("large", msg(7, b"300 KB body", b"".join(b"%06d " % i + b"x" * 70 + b"\n" for i in range(4000)))),

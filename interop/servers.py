@@ -7,6 +7,7 @@ an auth mechanism over plain, STLS or implicit TLS). To add one: subclass :class
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -236,4 +237,51 @@ class Solid(Server):
             self._inetd.stop()
 
 
-SERVERS: dict[str, type[Server]] = {cls.name: cls for cls in (Popa3d, Mailutils, Solid)}
+class Courier(Server):
+    """Courier POP3 1.0.16 (couriertcpd, authdaemond with PAM) in a private mount namespace
+    (interop/courier.sh says why); Maildir; STLS on one port, implicit TLS on another."""
+
+    name = "courier"
+    package = "courier-pop"
+    modes = [Mode("user"), Mode("plain"), Mode("user", "starttls"), Mode("plain", "implicit")]
+    _process: subprocess.Popen[bytes] | None = None
+
+    def maildir(self) -> Path:
+        return self.store() / "Maildir"
+
+    def start(self) -> None:
+        prefix = self.prefix()
+        self.version = self.deb_version()
+        courier = ensure_system_user("courier", Path("/var/lib/courier"))
+        # For STLS, courierpop3login starts couriertls as the user courier: it must read the key
+        # (and reach it: the work folder is root's 0700 temporary folder).
+        cert = STATE / "courier.pem"
+        cert.write_bytes(self.ca.chain_file.read_bytes())
+        os.chown(cert, courier.pw_uid, courier.pw_gid)
+        cert.chmod(0o600)
+        layer = self.work / "layer"
+        (layer / "etc/courier").mkdir(parents=True, exist_ok=True)
+        (layer / "etc/courier/authdaemonrc").write_text(
+            'authmodulelist="authpam"\ndaemons=2\nauthdaemonvar=/run/courier/authdaemon\nDEBUG_LOGIN=0\n'
+            'DEFAULTOPTIONS=""\nLOGGEROPTS=""\n')
+        self.fill([])
+        self.port, self.tls_port = free_port(), free_port()
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "PREFIX": str(prefix), "LAYER": str(layer),
+               "PORT": str(self.port), "TLS_PORT": str(self.tls_port), "CERT": str(cert),
+               "MAILDIR": str(self.maildir())}
+        log = open(self.work / "courier.log", "ab")  # noqa: SIM115 - the daemons keep it open
+        script = Path(__file__).with_name("courier.sh")
+        self._process = subprocess.Popen(["unshare", "-m", "sh", str(script)], stdout=log, stderr=log, env=env,
+                                         start_new_session=True)
+        wait_listening(self.port, process=self._process)
+        wait_listening(self.tls_port, process=self._process)
+
+    def fill(self, messages: list[Message]) -> None:
+        write_maildir(self.user, self.maildir(), messages)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process(self._process)
+
+
+SERVERS: dict[str, type[Server]] = {cls.name: cls for cls in (Popa3d, Mailutils, Solid, Courier)}
