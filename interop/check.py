@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,8 +235,55 @@ def _served_quirks(ref: Served, messages: list[Message]) -> list[str]:
     return quirks
 
 
+def check_connect(config: Path) -> tuple[int, str]:
+    """``popflow check --connect``: what popflow reports about the server."""
+    result = subprocess.run([str(POPFLOW), "check", "--connect", "-c", str(config)], capture_output=True, text=True,
+                            timeout=120, cwd=config.parent, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_login_delay(server: Server, mode: Mode, messages: list[Message], work: Path) -> Outcome:
+    """A server enforcing LOGIN-DELAY: the reference, a wait, a keep poll that must store everything,
+    then an immediate second poll that the server refuses: popflow must say why and lose nothing."""
+    outcome = Outcome(mode.name)
+    server.fill(messages)
+    ref = served(server, mode)
+    delay = next((int(c.split()[1]) for c in ref.capa if c.split()[0] == "LOGIN-DELAY" and c.split()[1:2]
+                  and c.split()[1].isdigit()), 0)
+    outcome.quirks.append(f"LOGIN-DELAY {delay} (enforced)")
+    outcome.expect(delay > 0, "no LOGIN-DELAY announced")
+    folder = work / mode.name.replace(" ", "-")
+    shutil.rmtree(folder, ignore_errors=True)
+    config = popflow_config(folder, server, mode, keep=True)
+    time.sleep(delay + 1)
+    code, output = check_connect(config)
+    (folder / "check.log").write_text(output)
+    outcome.expect(code == 0 and "LOGIN-DELAY" in output, f"check --connect ({code}) does not show LOGIN-DELAY: "
+                   f"{_tail(output)}")
+    time.sleep(delay + 1)
+    code, output = poll(config)
+    (folder / "poll1.log").write_text(output)
+    outcome.expect(code == 0, f"poll 1 exited {code}: {_tail(output)}")
+    for problem in compare(stored(folder), ref.bodies, [f"#{i + 1}" for i in range(len(ref.bodies))]):
+        outcome.fail(f"poll 1: {problem}")
+    code, output = poll(config)
+    (folder / "poll2.log").write_text(output)
+    outcome.expect("LOGIN-DELAY" in output and "wait" in output,
+                   f"poll 2 (refused by the server) does not name LOGIN-DELAY: {_tail(output)}")
+    outcome.expect("Traceback" not in output, f"poll 2 traceback: {_tail(output)}")
+    outcome.expect(len(stored(folder)) == len(ref.bodies), f"poll 2: {len(stored(folder))} stored")
+    outcome.quirks.append(f"a login too soon: popflow exit {code}, '{_refusal_line(output)}'")
+    return outcome
+
+
+def _refusal_line(output: str) -> str:
+    return next((line.strip()[-160:] for line in output.splitlines() if "LOGIN-DELAY" in line), "")
+
+
 def run_mode(server: Server, mode: Mode, messages: list[Message], work: Path) -> Outcome:
     """keep, keep again (fetches nothing), then delete (a fresh state), each checked against RETR."""
+    if mode.check == "login-delay":
+        return run_login_delay(server, mode, messages, work)
     outcome = Outcome(mode.name)
     server.fill(messages)
     try:

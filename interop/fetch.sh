@@ -23,7 +23,7 @@ declare -A PACKAGES=(
     [solid]="solid-pop3d liblockfile1"
     [courier]="courier-pop courier-base courier-authlib courier-authlib-userdb courier-authdaemon
                libcourier-unicode4 libidn12 libgamin0 libltdl7 libpcre3"
-    [cyrus]="cyrus-pop3d cyrus-common cyrus-admin libical3 libxapian30 libzephyr4 libpcre3"
+    [cyrus]="cyrus-pop3d cyrus-common cyrus-admin sasl2-bin libical3 libxapian30 libzephyr4 libpcre3"
 )
 
 say() { printf '[interop-fetch] %s\n' "$*" >&2; }
