@@ -115,6 +115,7 @@ def popflow_config(folder: Path, server: Server, mode: Mode, keep: bool) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "popflow.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o600)  # it holds the password
     return path
 
 
@@ -158,6 +159,8 @@ class Outcome:
     checks: int = 0
     problems: list[str] = field(default_factory=list)
     quirks: list[str] = field(default_factory=list)
+    popflow_says: list[str] = field(default_factory=list)
+    """What ``popflow check --connect`` reported about the server's policies."""
 
     def fail(self, text: str) -> None:
         self.ok = False
@@ -237,8 +240,9 @@ def _served_quirks(ref: Served, messages: list[Message]) -> list[str]:
 
 def check_connect(config: Path) -> tuple[int, str]:
     """``popflow check --connect``: what popflow reports about the server."""
+    env = {**os.environ, "COLUMNS": "400"}  # rich wraps table cells to the terminal width
     result = subprocess.run([str(POPFLOW), "check", "--connect", "-c", str(config)], capture_output=True, text=True,
-                            timeout=120, cwd=config.parent, check=False)
+                            timeout=120, cwd=config.parent, check=False, env=env)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -308,6 +312,13 @@ def run_mode(server: Server, mode: Mode, messages: list[Message], work: Path) ->
     for folder in (keep_dir, delete_dir):
         shutil.rmtree(folder, ignore_errors=True)
     config = popflow_config(keep_dir, server, mode, keep=True)
+    code, output = check_connect(config)
+    (keep_dir / "check.log").write_text(output)
+    outcome.expect(code == 0, f"check --connect exited {code}: {_tail(output)}")
+    if any(c.split()[0] == "UTF8" for c in ref.capa):
+        outcome.expect("UTF8 on" in output, "check --connect does not say UTF8 is on")
+    for policy in re.findall(r"(?:UTF8 on|LOGIN-DELAY \d+s|EXPIRE[ A-Z0-9]*:)[^;│]*", output):
+        outcome.popflow_says.append(policy.strip())
     for attempt in (1, 2):
         code, output = poll(config)
         server.wait_idle()

@@ -14,9 +14,8 @@ import secrets
 import signal
 import socket
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = Path(os.environ.get("INTEROP_PREFIX", "/opt/popflow-interop"))
@@ -157,69 +156,3 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-@dataclass
-class InetdListener:
-    """An inetd for one service: accepts on a loopback port and starts ``command`` per connection,
-    the socket as its stdin and stdout (for servers with no standalone mode)."""
-
-    command: list[str]
-    env: dict[str, str]
-    log_path: Path
-    port: int = 0
-    _listener: socket.socket | None = field(default=None, repr=False)
-    _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
-    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
-    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def start(self) -> InetdListener:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.settimeout(0.1)
-        self._listener = listener
-        self.port = int(listener.getsockname()[1])
-        self._thread = threading.Thread(target=self._serve, name="interop-inetd", daemon=True)
-        self._thread.start()
-        return self
-
-    def _serve(self) -> None:
-        assert self._listener is not None
-        with open(self.log_path, "ab") as log:
-            while not self._stopping.is_set():
-                try:
-                    conn, _ = self._listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                with conn, self._guard:
-                    conn.setblocking(True)
-                    self._children = [c for c in self._children if c.poll() is None]
-                    self._children.append(subprocess.Popen(
-                        self.command, stdin=conn.fileno(), stdout=conn.fileno(), stderr=log, cwd="/",
-                        env=self.env, close_fds=True, start_new_session=True))
-
-    def wait_idle(self, timeout: float = 15.0) -> None:
-        """Wait until no session runs (servers rewrite their store as a session ends)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._guard:
-                running = [c for c in self._children if c.poll() is None]
-            if not running or time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._listener is not None:
-            self._listener.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.wait_idle(timeout=5)
-        with self._guard:
-            for child in self._children:
-                stop_process(child)

@@ -72,17 +72,18 @@ def matrix(rows: list[tuple[Server, list[Outcome], str]], message_count: int, se
     lines = [f"Interop run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {message_count} messages "
              f"({len(corpus_messages())} from the corpus), {seconds:.0f} s",
              "",
-             "| server | version | mode | result | checks | problems | quirks seen |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| server | version | mode | result | checks | problems | quirks seen | popflow check --connect |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for server, outcomes, why in rows:
         if why:
-            lines.append(f"| {server.name} | {server.version} | — | not run | 0 | {_cell(why)} | |")
+            lines.append(f"| {server.name} | {server.version} | — | not run | 0 | {_cell(why)} | | |")
             continue
         for outcome in outcomes:
             quirks = sorted(set(outcome.quirks + server.notes))
             lines.append(f"| {server.name} | {server.version} | {outcome.mode} | "
                          f"{'pass' if outcome.ok else 'FAIL'} | {outcome.checks} | "
-                         f"{_cell('; '.join(outcome.problems[:6]))} | {_cell('; '.join(quirks))} |")
+                         f"{_cell('; '.join(outcome.problems[:6]))} | {_cell('; '.join(quirks))} | "
+                         f"{_cell('; '.join(dict.fromkeys(outcome.popflow_says)))} |")
     return "\n".join(lines) + "\n"
 
 

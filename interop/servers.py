@@ -17,7 +17,6 @@ from typing import ClassVar
 from interop.common import (
     PREFIX,
     STATE,
-    InetdListener,
     MailUser,
     TestCA,
     Unavailable,
@@ -29,6 +28,7 @@ from interop.common import (
     wait_listening,
 )
 from interop.messages import Message, mbox
+from tests.support.inetd import InetdListener
 
 
 @dataclass(frozen=True)
