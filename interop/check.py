@@ -98,12 +98,12 @@ def served(server: Server, mode: Mode, utf8: bool = True) -> Served:
     return Served(uidls, sizes, bodies, capa)
 
 
-def popflow_config(folder: Path, server: Server, mode: Mode, keep: bool) -> Path:
+def popflow_config(folder: Path, server: Server, mode: Mode, keep: bool, every: str = "60s") -> Path:
     port = server.tls_port if mode.tls == "implicit" else server.port
     source: dict[str, Any] = {
         "type": "pop3", "host": "127.0.0.1", "port": port, "tls": mode.tls, "auth": mode.auth,
         "username": server.user.name, "password": server.user.password, "timeout": "30s",
-        "keep_on_server": keep}
+        "keep_on_server": keep, "every": every}
     if mode.tls == "none":
         source["allow_insecure"] = True
     else:
@@ -277,7 +277,34 @@ def run_login_delay(server: Server, mode: Mode, messages: list[Message], work: P
     outcome.expect("Traceback" not in output, f"poll 2 traceback: {_tail(output)}")
     outcome.expect(len(stored(folder)) == len(ref.bodies), f"poll 2: {len(stored(folder))} stored")
     outcome.quirks.append(f"a login too soon: popflow exit {code}, '{_refusal_line(output)}'")
+    _run_schedule(server, mode, folder, delay, outcome)
     return outcome
+
+
+def _run_schedule(server: Server, mode: Mode, folder: Path, delay: int, outcome: Outcome) -> None:
+    """``popflow run`` with ``every: 15s`` for two LOGIN-DELAY periods: it must poll at the server's
+    pace, so no poll is refused (issue 15: every poll within the minute failed)."""
+    config = popflow_config(folder, server, mode, keep=True, every="15s")
+    time.sleep(delay + 1)
+    log_path = folder / "run.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([str(POPFLOW), "-v", "run", "-c", str(config)], stdout=log, stderr=log,
+                                   cwd=folder, start_new_session=True)
+        try:
+            time.sleep(2 * delay + 10)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    output = log_path.read_text(errors="replace")
+    polls = len(re.findall(r"poll \S+: fetched=", output))
+    refused = output.count("[LOGIN-DELAY]")
+    outcome.expect(refused == 0, f"popflow run (every: 15s): {refused} polls refused with [LOGIN-DELAY]")
+    outcome.expect(2 <= polls <= 3, f"popflow run (every: 15s) polled {polls} times in {2 * delay + 10} s")
+    outcome.quirks.append(f"popflow run every: 15s for {2 * delay + 10} s: {polls} polls, {refused} refused")
 
 
 def _refusal_line(output: str) -> str:
