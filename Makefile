@@ -4,6 +4,7 @@
 #   make lint / make typecheck / make pytest   (venv only, no system setup)
 #   make demo DEMO_ARGS='--dir /tmp/demo'
 #   make bench
+#   make interop              real POP3 servers from Debian vs popflow (root; not part of make test)
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -18,7 +19,7 @@ DEMO_ARGS ?=
 # Plugin packages under plugins/ are type-checked too (the core's mypy config names only popflow).
 PLUGIN_PACKAGES := $(patsubst %/__init__.py,%,$(wildcard plugins/*/popflow_*/__init__.py))
 
-.PHONY: test setup setup-test-env lint typecheck pytest demo bench clean
+.PHONY: test setup setup-test-env lint typecheck pytest demo bench clean interop
 
 test: setup-test-env
 	$(MAKE) --no-print-directory lint typecheck pytest
@@ -35,6 +36,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 	$(if $(PLUGIN_PACKAGES),$(BIN)/mypy $(PLUGIN_PACKAGES))
+	$(BIN)/mypy interop
 
 pytest: setup
 	$(BIN)/pytest -q -p no:cacheprovider --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
@@ -48,3 +50,14 @@ bench: setup
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info plugins/*/*.egg-info
+
+# The interop suite (docs/interop.md): real POP3 servers unpacked from Debian packages, run by hand on
+# loopback ports, polled by popflow in keep and delete modes. Needs root; not part of `make test`.
+#   make interop                          every server
+#   make interop INTEROP_SERVERS='mailutils solid'
+INTEROP_SERVERS ?=
+INTEROP_OUT ?= interop-matrix.md
+interop: setup
+	scripts/setup-test-env.sh
+	interop/fetch.sh
+	$(BIN)/python -m interop.run --out $(INTEROP_OUT) $(INTEROP_SERVERS)

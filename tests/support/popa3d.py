@@ -24,8 +24,8 @@ or the fixture ``popa3d`` (function scope), which does the same.
 How it runs: popa3d's package is never installed (it conflicts with ``dovecot-pop3d``: both
 provide ``pop3-server``); ``scripts/setup-test-env.sh`` unpacks it into ``/opt/popflow-test/popa3d``
 (``$POPA3D_PREFIX``; ``$POPA3D_BINARY`` names the binary itself). popa3d is used in its inetd mode:
-a listener thread here accepts on a free loopback port and starts one popa3d per connection with
-the socket as its stdin and stdout. What the binary hard-codes, and :meth:`Popa3dServer.start`
+an accept loop (``tests/support/inetd.py``) on a free loopback port starts one popa3d per
+connection with the socket as its stdin and stdout. What the binary hard-codes, and :meth:`Popa3dServer.start`
 provides (as root, idempotently): the privilege-separation user ``popa3d`` and its empty chroot
 ``/var/lib/popa3d`` (root:root 0755, as the package's postinst makes it), and the spool
 ``/var/mail``. The mail user ``popflow-popa3d`` is a system user with no home and no shell; each
@@ -48,16 +48,15 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.inetd import InetdListener
 
 PREFIX = Path(os.environ.get("POPA3D_PREFIX", "/opt/popflow-test/popa3d"))
 PRIVSEP_USER = "popa3d"
@@ -173,12 +172,9 @@ class Popa3dServer:
     uid: int
     gid: int
     log_path: Path
-    _listener: socket.socket = field(repr=False)
+    _inetd: InetdListener = field(repr=False)
     _lock_fd: int = field(repr=False)
-    _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
-    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
-    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     # -- life cycle ------------------------------------------------------------------------------
     @classmethod
@@ -203,68 +199,29 @@ class Popa3dServer:
                 raise Popa3dUnavailable(f"chpasswd for {MAIL_USER} failed: {result.stderr.strip()}")
             root = tmp_path / "popa3d"
             root.mkdir(parents=True, exist_ok=True)
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(16)
-            listener.settimeout(0.1)
+            log_path = root / "popa3d.log"
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+            inetd = InetdListener([str(program)], env, log_path)
+            server = cls(root=root, binary=program, host="127.0.0.1", port=0, username=MAIL_USER,
+                         password=password, mbox=SPOOL / MAIL_USER, uid=user.pw_uid, gid=user.pw_gid,
+                         log_path=log_path, _inetd=inetd, _lock_fd=lock_fd)
+            server.fill([])
+            server.port = inetd.start().port
         except BaseException:
             os.close(lock_fd)
             raise
-        server = cls(root=root, binary=program, host="127.0.0.1", port=int(listener.getsockname()[1]),
-                     username=MAIL_USER, password=password, mbox=SPOOL / MAIL_USER, uid=user.pw_uid,
-                     gid=user.pw_gid, log_path=root / "popa3d.log", _listener=listener, _lock_fd=lock_fd)
-        server.fill([])
-        server._thread = threading.Thread(target=server._serve, name="popa3d-accept", daemon=True)
-        server._thread.start()
         return server
-
-    def _serve(self) -> None:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
-        with open(self.log_path, "ab") as log:
-            while not self._stopping.is_set():
-                try:
-                    conn, _ = self._listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                with conn, self._guard:
-                    conn.setblocking(True)
-                    self._children = [c for c in self._children if c.poll() is None]
-                    self._children.append(subprocess.Popen(
-                        [str(self.binary)], stdin=conn.fileno(), stdout=conn.fileno(), stderr=log,
-                        cwd="/", env=env, close_fds=True, start_new_session=True))
 
     def wait_idle(self, timeout: float = 15.0) -> None:
         """Wait until no popa3d session runs (popa3d rewrites the mbox as a session ends)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._guard:
-                running = [c for c in self._children if c.poll() is None]
-            if not running:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"popa3d sessions still running after {timeout} s: {[c.pid for c in running]}")
-            time.sleep(0.02)
+        self._inetd.wait_idle(timeout)
 
     def stop(self) -> None:
         """Stop listening, end the sessions still running, empty the mbox and release the lock."""
-        if self._stopping.is_set():
+        if self._stopped:
             return
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        try:
-            self.wait_idle(timeout=5)
-        except TimeoutError:
-            with self._guard:
-                for child in self._children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(child.pid, signal.SIGKILL)
-                    child.wait(timeout=5)
+        self._stopped = True
+        self._inetd.stop()
         try:
             self._write(b"")
         finally:
