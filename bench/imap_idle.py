@@ -80,7 +80,7 @@ def main() -> None:
                     woken.clear()
                     started = time.perf_counter()
                     server.deliver(sample_message(index))
-                    if not wait_until(lambda key=key: maildir_ids(sink)[key], 60):  # type: ignore[misc]
+                    if not wait_until(lambda key=key: maildir_ids(sink)[key], 60):
                         raise SystemExit(f"message {index} was not delivered within 60 s")
                     latencies.append((time.perf_counter() - started) * 1000)
                     if woken:
