@@ -23,6 +23,7 @@ from tests.support.tcp_proxy import TcpProxy
 class _Cut:
     marker: bytes
     after: int
+    skip: int = 0
     armed: bool = True
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -49,9 +50,10 @@ class ImapProxy(TcpProxy):
             lines = bytes(self.sent).split(b"\r\n")
         return sum(1 for line in lines if line.split(b" ", 1)[-1].upper() == word.upper())
 
-    def cut_after(self, marker: bytes, after: int) -> threading.Event:
-        """Cut the first connection whose client sends ``marker`` after ``after`` bytes of the answer."""
-        self._cut = _Cut(marker, after)
+    def cut_after(self, marker: bytes, after: int, skip: int = 0) -> threading.Event:
+        """Cut the connection whose client sends ``marker`` (the first time, or after ``skip`` more
+        times) once ``after`` bytes of the answer have been forwarded; the event is set at the cut."""
+        self._cut = _Cut(marker, after, skip)
         return self._cut.done
 
     def drop_all(self) -> None:
@@ -74,8 +76,11 @@ class ImapProxy(TcpProxy):
                     self.sent += data
                 cut = self._cut
                 if cut is not None and cut.armed and cut.marker in data:
-                    cut.armed = False
-                    state["watching"] = True
+                    if cut.skip:
+                        cut.skip -= 1
+                    else:
+                        cut.armed = False
+                        state["watching"] = True
                 upstream.sendall(data)
         _close(client, upstream)
 

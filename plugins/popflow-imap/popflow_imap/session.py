@@ -358,6 +358,23 @@ class ImapSession(SourceSession):
         try:
             reply = self.run(f"UID FETCH {uid_set(by_uid)} (UID BODY.PEEK[])", on_untagged=seen,
                              on_literal=body, limit=len(by_uid))
+        except SourceConnectionError as exc:
+            # Cut mid-FETCH: the messages whose FETCH response arrived whole are complete; hand them
+            # over (the poller delivers and records them, deleting nothing on this broken session)
+            # so the next poll does not fetch them again; the one cut short is dropped.
+            complete = {id(raw) for raw in arrived.values()}
+            lost = SourceConnectionError(f"{exc} during UID FETCH of {len(by_uid)} message(s) from "
+                                         f"{uidl_text(folder.encode())!r} ({len(arrived)} arrived whole)")
+            for raw in pending:
+                if id(raw) not in complete:
+                    raw.discard()
+            try:
+                for uid in sorted(arrived):
+                    yield by_uid[uid], arrived.pop(uid)
+            finally:  # the poller stopped taking them: none is left in the spool
+                for raw in arrived.values():
+                    raw.discard()
+            raise lost from exc
         except BaseException:
             for raw in pending:
                 raw.discard()
