@@ -12,7 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from popflow_imap.session import ImapSession
 
+from popflow.errors import SourceConnectionError
 from tests.support import imap as imap_support
 from tests.support.dovecot import DovecotServer, dovecot, dovecot_server  # noqa: F401
 from tests.support.imap import files, write_imap_config
@@ -81,3 +83,40 @@ def test_cut_mid_fetch_loses_and_doubles_nothing(tmp_path: Path, imap_dovecot: D
         assert files(imap_dovecot) == []
         assert app.poll("imap").counts.fetched == 0
     assert not list((tmp_path / "data").rglob("spool-*"))  # nothing left half-spooled
+
+
+def test_lost_between_store_deleted_and_expunge_is_expunged_next_poll(tmp_path: Path, imap_dovecot: DovecotServer,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state a SIGKILL between ``UID STORE +FLAGS (\\Deleted)`` and ``UID EXPUNGE`` leaves behind."""
+    for index in range(3):
+        imap_dovecot.deliver(sample_message(index))
+    store = ImapSession._store
+
+    def store_then_lose(self: ImapSession, uids: str, flag: str) -> bool:
+        done = store(self, uids, flag)
+        if flag == "\\Deleted":
+            raise SourceConnectionError("connection lost before UID EXPUNGE (simulated)")
+        return done
+
+    app = make_app(write_imap_config(tmp_path, imap_dovecot))
+    with monkeypatch.context() as patch:
+        patch.setattr(ImapSession, "_store", store_then_lose)
+        first = app.poll("imap")
+    assert first.error and "before UID EXPUNGE" in first.error
+    assert len(files(imap_dovecot)) == 3 and all("T" in imap_support.flags(p) for p in files(imap_dovecot))
+    second = app.poll("imap")
+    assert second.clean and second.counts.delivered == 0, second.line()
+    assert files(imap_dovecot) == []  # handled, flagged, now expunged by UID
+    assert maildir_ids(tmp_path / "mail") == ids(3)
+
+
+def test_a_message_another_client_flagged_deleted_is_delivered_not_lost(tmp_path: Path,
+                                                                        imap_dovecot: DovecotServer) -> None:
+    imap_dovecot.deliver(sample_message(1))
+    name = imap_dovecot.deliver(sample_message(2))
+    cur = imap_dovecot.maildir / "cur" / f"{name}:2,T"
+    (imap_dovecot.maildir / "new" / name).rename(cur)  # flagged \Deleted by someone, not expunged
+    report = make_app(write_imap_config(tmp_path, imap_dovecot)).poll("imap")
+    assert report.clean and report.counts.delivered == 2, report.line()
+    assert files(imap_dovecot) == [] and maildir_ids(tmp_path / "mail") == {"<msg-1@example.org>": 1,
+                                                                            "<msg-2@example.org>": 1}

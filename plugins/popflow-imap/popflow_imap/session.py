@@ -259,8 +259,11 @@ class ImapSession(SourceSession):
     def list_messages(self) -> list[Listing]:
         """Every message of every folder (UID order within a folder, folders in config order).
 
-        Messages flagged ``\\Deleted`` are on their way out (by popflow on a server without UIDPLUS,
-        or by another client) and are not listed.
+        A message flagged ``\\Deleted`` but not expunged is listed where the server has UIDPLUS:
+        popflow may have been killed between its ``UID STORE`` and ``UID EXPUNGE`` (the ledger then
+        knows it as handled, and this poll expunges it), or another client flagged it (never
+        handled: it is delivered before it is expunged, so it is not lost). Without UIDPLUS popflow
+        cannot expunge by UID and leaves its own deletions flagged, so flagged messages are not listed.
         """
         listings: list[Listing] = []
         for folder in self.config.folders:
@@ -286,8 +289,8 @@ class ImapSession(SourceSession):
                 raise SourceFatalError(f"{self.label}: listing {folder!r} failed: {reply.message[:200]}")
             for uid in sorted(found):
                 size, deleted = found[uid]
-                if deleted:
-                    continue
+                if deleted and not self.has("UIDPLUS"):
+                    continue  # popflow's own deletions on such a server stay flagged (see above)
                 number = len(self._where) + 1
                 self._where[number] = (folder, uid)
                 problem = None if size >= 0 else "the server announced no usable RFC822.SIZE"
