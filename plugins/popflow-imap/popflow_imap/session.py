@@ -42,6 +42,10 @@ log = logging.getLogger("popflow_imap")
 HEADER_LIMIT = 4 * 1024 * 1024
 """Longest header block (``BODY.PEEK[HEADER]``) accepted."""
 MAX_SIZE_VALUE = 2**63
+MAX_UID = 2**32 - 1
+"""UIDs and UIDVALIDITY are 32-bit non-zero numbers (RFC 3501 ``nz-number``)."""
+MAX_FOLDER_MESSAGES = 1_000_000
+"""A folder claiming more (``* N EXISTS``) is refused: its listing would be held in memory."""
 UNTAGGED_SLACK = 10_000
 """Untagged responses beyond what a command can cause (EXISTS, FLAGS updates) before we give up."""
 
@@ -234,8 +238,13 @@ class ImapSession(SourceSession):
         if not reply.ok:
             raise SourceFatalError(f"{self.label}: cannot open folder {uidl_text(folder.encode())!r}: "
                                    f"{reply.message[:200]}")
-        if "uidvalidity" not in values:
-            raise SourceFatalError(f"{self.label}: folder {folder!r} has no UIDVALIDITY; cannot identify messages")
+        if not 1 <= values.get("uidvalidity", 0) <= MAX_UID:
+            shown = values.get("uidvalidity", "none")
+            raise SourceFatalError(f"{self.label}: folder {folder!r} has no valid UIDVALIDITY ({str(shown)[:30]}; "
+                                   "RFC 3501: 1 to 4294967295); cannot identify messages")
+        if values.get("exists", 0) > MAX_FOLDER_MESSAGES:
+            raise SourceFatalError(f"{self.label}: folder {folder!r} claims {values['exists']} messages, more than "
+                                   f"{MAX_FOLDER_MESSAGES} popflow lists at once; not polled")
         state = FolderState(folder, values["uidvalidity"], values.get("exists", 0))
         self.folders[folder] = state
         self._selected = folder
@@ -271,15 +280,17 @@ class ImapSession(SourceSession):
             if state.exists == 0:
                 continue
             found: dict[int, tuple[int, bool]] = {}
+            bad: list[Any] = []
 
-            def seen(reply: Reply, found: dict[int, tuple[int, bool]] = found) -> None:
+            def seen(reply: Reply, found: dict[int, tuple[int, bool]] = found, bad: list[Any] = bad) -> None:
                 parsed = fetch_items(reply.values)
                 if parsed is None:
                     return
                 items = parsed[1]
                 uid, size = items.get("UID"), items.get("RFC822.SIZE")
                 flags = items.get("FLAGS") or []
-                if not isinstance(uid, int) or uid < 1:
+                if not isinstance(uid, int) or not 1 <= uid <= MAX_UID:
+                    bad.append(uid)  # never sent back in a command; the message stays on the server
                     return
                 deleted = isinstance(flags, list) and any(str(f).upper() == "\\DELETED" for f in flags)
                 found[uid] = (size if isinstance(size, int) and 0 <= size < MAX_SIZE_VALUE else -1, deleted)
@@ -287,6 +298,9 @@ class ImapSession(SourceSession):
             reply = self.run("UID FETCH 1:* (UID RFC822.SIZE FLAGS)", on_untagged=seen, limit=state.exists)
             if not reply.ok:
                 raise SourceFatalError(f"{self.label}: listing {folder!r} failed: {reply.message[:200]}")
+            if bad:
+                log.warning("%s: %s: %d message(s) listed with an invalid UID (e.g. %r); left on the server",
+                            self.label, folder, len(bad), str(bad[0])[:40])
             for uid in sorted(found):
                 size, deleted = found[uid]
                 if deleted and not self.has("UIDPLUS"):
@@ -366,8 +380,12 @@ class ImapSession(SourceSession):
             # over (the poller delivers and records them, deleting nothing on this broken session)
             # so the next poll does not fetch them again; the one cut short is dropped.
             complete = {id(raw) for raw in arrived.values()}
-            lost = SourceConnectionError(f"{exc} during UID FETCH of {len(by_uid)} message(s) from "
-                                         f"{uidl_text(folder.encode())!r} ({len(arrived)} arrived whole)")
+            text = (f"{exc} during UID FETCH of {len(by_uid)} message(s) from {uidl_text(folder.encode())!r} "
+                    f"({len(arrived)} arrived whole)")
+            # A protocol breach keeps its type and message number: the poller then leaves that
+            # message on the server (recorded as skipped, with the reason) and the rest flows.
+            lost = ServerMisbehaved(text, message_number=exc.message_number) \
+                if isinstance(exc, ServerMisbehaved) else SourceConnectionError(text)
             for raw in pending:
                 if id(raw) not in complete:
                     raw.discard()
@@ -404,7 +422,7 @@ class ImapSession(SourceSession):
     @staticmethod
     def _listing_of(text: bytes, by_uid: dict[int, Listing]) -> Listing | None:
         """The listing a FETCH response is about, when its UID came before the body."""
-        words = text.upper().split()
+        words = text.upper().replace(b"(", b" ").split()  # "* 1 FETCH (UID 7 BODY[] {N}"
         if b"UID" in words:
             index = words.index(b"UID")
             if index + 1 < len(words) and words[index + 1].isdigit():
