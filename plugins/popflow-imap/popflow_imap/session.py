@@ -91,7 +91,7 @@ class ImapSession(SourceSession):
         self.config = config
         self.context = context
         self.name = name
-        self.info = SessionInfo()
+        self._info = SessionInfo()
         self.auth_method: str | None = None
         self.folders: dict[str, FolderState] = {}
         self._password = password
@@ -102,6 +102,7 @@ class ImapSession(SourceSession):
         """Listing number → (folder, UID)."""
         self._broken = False
         self._closed = False
+        self._sized = False
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -118,9 +119,41 @@ class ImapSession(SourceSession):
         return self._wire
 
     @property
+    def info(self) -> SessionInfo:
+        """What the login found (``popflow check --connect`` shows it): capabilities, per folder its
+        message count and UIDVALIDITY, and the folders' total size where the server has STATUS=SIZE
+        (RFC 8438; asked only here, so a poll never pays for it)."""
+        if not self._sized and self._wire is not None and not self._closed and not self._broken:
+            self._sized = True
+            if self.has("STATUS=SIZE"):
+                self._info.total_size = sum(self._status_size(folder) for folder in self.folders)
+            else:
+                self._info.notes.append("total size unknown (the server has no STATUS=SIZE)")
+        return self._info
+
+    @info.setter
+    def info(self, value: SessionInfo) -> None:
+        self._info = value
+
+    def _status_size(self, folder: str) -> int:
+        sizes: list[int] = []
+
+        def seen(reply: Reply) -> None:
+            values = reply.values
+            if len(values) >= 3 and str(values[0]).upper() == "STATUS" and isinstance(values[-1], list):
+                items = values[-1]
+                for index in range(0, len(items) - 1, 2):
+                    size = items[index + 1]
+                    if str(items[index]).upper() == "SIZE" and isinstance(size, int) and 0 <= size < MAX_SIZE_VALUE:
+                        sizes.append(size)
+
+        self.run(b"STATUS " + self._folder_arg(folder) + b" (SIZE)", on_untagged=seen)
+        return sizes[0] if sizes else 0
+
+    @property
     def capabilities(self) -> dict[str, list[str]]:
         """The server's capabilities after login."""
-        return self.info.capabilities
+        return self._info.capabilities
 
     @property
     def broken(self) -> bool:
@@ -129,7 +162,7 @@ class ImapSession(SourceSession):
 
     def has(self, capability: str) -> bool:
         """True when the server announced ``capability``."""
-        return capability.upper() in self.info.capabilities
+        return capability.upper() in self._info.capabilities
 
     def open(self, *, select: bool = True) -> None:
         """Connect, TLS, login, and (``select``) SELECT every folder. On failure the socket is closed."""
@@ -161,7 +194,7 @@ class ImapSession(SourceSession):
         greeting = wire.read_reply()
         if greeting.tag != "*" or greeting.status not in ("OK", "PREAUTH"):
             raise SourceConnectionError(f"{self.label}: the server refused the connection: {greeting.text[:200]}")
-        self.info.capabilities = self._capability()
+        self._info.capabilities = self._capability()
         if cfg.tls == "starttls":
             assert context is not None
             if not self.has("STARTTLS"):
@@ -171,17 +204,17 @@ class ImapSession(SourceSession):
             if not reply.ok:
                 raise SourceFatalError(f"{self.label}: STARTTLS refused: {reply.message}")
             wire.start_tls(context)
-            self.info.capabilities = self._capability()  # RFC 3501: capabilities change after STARTTLS
+            self._info.capabilities = self._capability()  # RFC 3501: capabilities change after STARTTLS
         request = AuthRequest(username=cfg.username, host=cfg.host, capabilities={}, encrypted=wire.encrypted,
                               allow_insecure=cfg.allow_insecure, password=self._password, token=self._token)
         try:
-            self.auth_method = authenticate(wire, request, cfg.auth, self.info.capabilities)
+            self.auth_method = authenticate(wire, request, cfg.auth, self._info.capabilities)
         except SourceConnectionError:
             raise
-        self.info.capabilities = self._capability()  # may grow after login (MOVE, UIDPLUS on some servers)
+        self._info.capabilities = self._capability()  # may grow after login (MOVE, UIDPLUS on some servers)
         if not wire.encrypted:
-            self.info.notes.append("connection is NOT encrypted")
-        self.info.notes.append(f"auth {self.auth_method}")
+            self._info.notes.append("connection is NOT encrypted")
+        self._info.notes.append(f"auth {self.auth_method}")
         log.debug("%s: logged in (auth %s, %s)", self.label, self.auth_method, "TLS" if wire.encrypted else "plain")
 
     def _capability(self) -> dict[str, list[str]]:
@@ -248,9 +281,9 @@ class ImapSession(SourceSession):
         state = FolderState(folder, values["uidvalidity"], values.get("exists", 0))
         self.folders[folder] = state
         self._selected = folder
-        self.info.message_count = sum(item.exists for item in self.folders.values())
+        self._info.message_count = sum(item.exists for item in self.folders.values())
         note = f"{folder}: {state.exists} message(s), UIDVALIDITY {state.uidvalidity}"
-        self.info.notes = [n for n in self.info.notes if not n.startswith(f"{folder}: ")] + [note]
+        self._info.notes = [n for n in self._info.notes if not n.startswith(f"{folder}: ")] + [note]
         return state
 
     def _folder_arg(self, folder: str) -> bytes:
