@@ -220,3 +220,17 @@ def test_idle_that_never_completes_after_done_is_dropped(tmp_path: Path) -> None
             idle_once(session, 1, lambda: None, threading.Event(), renew=0.5)
         assert time.monotonic() - started < BOUNDED_SECONDS
         session.close(commit=False)
+
+
+def test_move_without_the_move_capability_copies_then_expunges(tmp_path: Path) -> None:
+    """A server without MOVE (RFC 6851): ``UID COPY`` to the folder, then ``\\Deleted`` + ``UID EXPUNGE``."""
+    raws = mailbox(2)
+    server = ScriptedImap(dict(raws))
+    with server:
+        report = bounded_poll(tmp_path, server, after="move:Archive")
+        assert report.error is None and report.counts.delivered == 2, report.line()
+    assert sorted(raw for _, raw in server.copied) == sorted(raws.values())
+    assert {target for target, _ in server.copied} == {b'"Archive"'}
+    assert server.messages == {}
+    sent = b"".join(server.commands)
+    assert b"UID MOVE" not in sent and sent.index(b"UID COPY") < sent.index(b"UID EXPUNGE")

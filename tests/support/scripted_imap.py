@@ -1,9 +1,10 @@
 """A raw-socket IMAP server for tests that need a server to misbehave in ways a real one might.
 
-It speaks just enough IMAP4rev1 for popflow's IMAP source (CAPABILITY, LOGIN, SELECT, UID FETCH of
-the listing, of ``BODY.PEEK[]`` and of ``BODY.PEEK[HEADER]``, UID STORE, UID EXPUNGE, IDLE, LOGOUT)
-over one folder, and lets a test replace the answer to any command with whatever bytes it likes: an
-endless line, a literal of a terabyte, a response that never ends, absurd UIDs, EXISTS storms.
+It speaks just enough IMAP4rev1 for popflow's IMAP source (CAPABILITY, LOGIN, SELECT, UID FETCH
+of the listing, of ``BODY.PEEK[]`` and of ``BODY.PEEK[HEADER]``, UID STORE, UID COPY, UID EXPUNGE,
+IDLE, LOGOUT; no MOVE) over one folder, and lets a test replace the answer to any command with
+whatever bytes it likes: an endless line, a literal of a terabyte, a response that never ends,
+absurd UIDs, EXISTS storms.
 What was expunged survives between sessions, so "no message lost" can be checked on the server.
 
 ::
@@ -28,7 +29,7 @@ from typing import BinaryIO
 Answer = Callable[["ImapConn", bytes, bytes], "bytes | Iterable[bytes] | None"]
 """``(connection, tag, arguments) -> bytes or chunks to send`` (None: the normal answer)."""
 
-_UIDS = re.compile(rb"UID (FETCH|STORE|EXPUNGE) ([0-9:,*]+)", re.IGNORECASE)
+_UIDS = re.compile(rb"UID (FETCH|STORE|EXPUNGE|COPY) ([0-9:,*]+)", re.IGNORECASE)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class ScriptedImap:
         self.uidvalidity = uidvalidity
         self.script: dict[str, Answer] = {}
         self.commands: list[bytes] = []
+        self.copied: list[tuple[bytes, bytes]] = []
+        """(target folder argument, message) of every ``UID COPY``."""
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._conns: list[socket.socket] = []
@@ -148,6 +151,10 @@ class ScriptedImap:
                 data = self.messages[uid].split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if part else self.messages[uid]
                 normal.append(b"* %d FETCH (UID %d BODY[%s] {%d}\r\n%s)\r\n" % (n, uid, part, len(data), data))
             self._answer(conn, "FETCH-HEADER" if part else "FETCH-BODY", tag, line, [*normal, ok])
+        elif word == b"COPY":
+            target = line.rsplit(b" ", 1)[1]
+            self.copied += [(target, self.messages[uid]) for uid in uids]
+            self._answer(conn, "COPY", tag, line, [ok])
         elif word == b"STORE":
             conn.flagged |= set(uids)
             self._answer(conn, "STORE", tag, line, [ok])
