@@ -28,9 +28,9 @@ log = logging.getLogger("popflow_imap.idle")
 
 MAX_BACKOFF = 60.0
 SLICE = 0.5
+"""Longest wait on the socket before the stop signal and the renewal deadline are looked at again."""
 MAX_AFTER_DONE = 10_000
 """Untagged responses accepted between ``DONE`` and the IDLE's completion."""
-"""Longest wait on the socket before the stop signal and the renewal deadline are looked at again."""
 
 
 def watch_folder(source: ImapSource, folder: str, wake: Callable[[], None], stop: threading.Event) -> None:
