@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from popflow import PopflowError, SourceConnectionError
+from popflow.errors import PopflowError, ServerMisbehaved, SourceConnectionError
 from popflow_imap.session import ImapSession
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ log = logging.getLogger("popflow_imap.idle")
 MAX_BACKOFF = 60.0
 SLICE = 0.5
 """Longest wait on the socket before the stop signal and the renewal deadline are looked at again."""
+MAX_AFTER_DONE = 10_000
+"""Untagged responses accepted between ``DONE`` and the IDLE's completion."""
 
 
 def watch_folder(source: ImapSource, folder: str, wake: Callable[[], None], stop: threading.Event) -> None:
@@ -65,43 +67,62 @@ def watch_folder(source: ImapSource, folder: str, wake: Callable[[], None], stop
 
 def idle_once(session: ImapSession, exists: int, wake: Callable[[], None], stop: threading.Event,
               renew: float) -> int:
-    """One IDLE, ended by ``DONE`` at ``renew`` seconds or on stop; returns the folder's message count."""
+    """One IDLE, ended by ``DONE`` at ``renew`` seconds or on stop; returns the folder's message count.
+
+    ``wake()`` is called once per burst of responses that grew the count (not once per ``EXISTS``:
+    a server sending thousands of them at once wakes the poll once), when nothing more is buffered.
+    """
     wire = session.wire
+    count = _Counter(exists)
     tag = wire.command("IDLE")
     reply = wire.read_reply()
     while reply.tag == "*":  # responses queued before the server took the command
-        exists = _count(reply, exists, wake)
+        count.see(reply)
         reply = wire.read_reply()
     if reply.tag != "+":
         raise SourceConnectionError(f"{session.label}: IDLE refused: {reply.message[:200]}")
     until = time.monotonic() + renew
     while not stop.is_set() and time.monotonic() < until:
+        if count.grown and not wire.buffered:
+            count.wake(wake)
         if not _readable(wire.sock, wire.buffered, SLICE):
             continue
         reply = wire.read_reply()
         if reply.tag == "*" and reply.status == "BYE":
             raise SourceConnectionError(f"{session.label}: the server ended the IDLE: {reply.message[:200]}")
-        exists = _count(reply, exists, wake)
+        count.see(reply)
     wire.send_line(b"DONE")
-    while True:
+    for _ in range(MAX_AFTER_DONE):
         reply = wire.read_reply()
         if reply.tag == tag:
-            return exists
-        exists = _count(reply, exists, wake)
+            if count.grown:
+                count.wake(wake)
+            return count.exists
+        count.see(reply)
+    wire.close()
+    raise ServerMisbehaved(f"{session.label}: no end to the responses after DONE; connection dropped")
 
 
-def _count(reply: object, exists: int, wake: Callable[[], None]) -> int:
-    """Track ``* N EXISTS`` / ``* N EXPUNGE``; wake when the count grows (new mail, not our expunges)."""
-    values = getattr(reply, "values", [])
-    if len(values) >= 2 and isinstance(values[0], int) and isinstance(values[1], str):
-        word = values[1].upper()
-        if word == "EXISTS":
-            if values[0] > exists:
-                wake()
-            return int(values[0])
-        if word == "EXPUNGE":
-            return max(0, exists - 1)
-    return exists
+class _Counter:
+    """Tracks ``* N EXISTS`` / ``* N EXPUNGE``; notes growth (new mail, not our own expunges)."""
+
+    def __init__(self, exists: int) -> None:
+        self.exists = exists
+        self.grown = False
+
+    def see(self, reply: object) -> None:
+        values = getattr(reply, "values", [])
+        if len(values) >= 2 and isinstance(values[0], int) and isinstance(values[1], str):
+            word = values[1].upper()
+            if word == "EXISTS":
+                self.grown = self.grown or values[0] > self.exists
+                self.exists = int(values[0])
+            elif word == "EXPUNGE":
+                self.exists = max(0, self.exists - 1)
+
+    def wake(self, wake: Callable[[], None]) -> None:
+        self.grown = False
+        wake()
 
 
 def _readable(sock: socket.socket, buffered: int, seconds: float) -> bool:

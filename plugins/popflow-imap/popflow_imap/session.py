@@ -1,12 +1,13 @@
-"""One IMAP session as a popflow :class:`~popflow.sources.base.SourceSession`.
+"""One IMAP session as a popflow :class:`~popflow.sources.base.SourceSession`: moving the mail.
 
-Per folder: ``SELECT`` (UIDVALIDITY, EXISTS), ``UID FETCH 1:* (UID RFC822.SIZE FLAGS)`` to list,
-``UID FETCH <set> (UID BODY.PEEK[])`` in batches to retrieve (no ``\\Seen`` side effect), and,
+On top of :class:`~popflow_imap.connection.ImapConnection` (connect, login, SELECT), per folder:
+``UID FETCH 1:* (UID RFC822.SIZE FLAGS)`` to list, ``UID FETCH <set> (UID BODY.PEEK[])`` in batches
+to retrieve (no ``\\Seen`` side effect), and,
 only for messages the poller reports handled:
 
 * ``after: delete`` — ``UID STORE +FLAGS.SILENT (\\Deleted)`` then ``UID EXPUNGE`` of exactly those
   UIDs (UIDPLUS). Never a bare ``EXPUNGE``: it would also remove what other clients flagged. A server
-  without UIDPLUS keeps them flagged ``\\Deleted`` (they are no longer listed by popflow);
+  without UIDPLUS keeps them flagged ``\\Deleted`` (then no longer listed by popflow);
 * ``after: move:FOLDER`` — ``UID MOVE`` (RFC 6851), else ``UID COPY`` + the delete above;
 * ``after: seen`` — ``UID STORE +FLAGS.SILENT (\\Seen)`` (:meth:`keep`).
 
@@ -19,28 +20,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from popflow import (
-    DeferMessage,
-    DeliveryError,
-    Listing,
-    RawMessage,
-    RuntimeContext,
-    ServerMisbehaved,
-    SessionInfo,
-    SourceConnectionError,
-    SourceFatalError,
-    SourceSession,
-)
+from popflow.context import RuntimeContext
+from popflow.errors import DeferMessage, DeliveryError, ServerMisbehaved, SourceConnectionError, SourceFatalError
+from popflow.raw import RawMessage
+from popflow.sources.base import Listing
 from popflow.sources.keys import header_digest, uidl_text
-from popflow.sources.pop3_auth import AuthRequest
 from popflow.sources.pop3_session import retr_limit
-from popflow.sources.tls import make_ssl_context
-from popflow_imap.auth import authenticate
+from popflow_imap.connection import MAX_SIZE_VALUE, MAX_UID, ImapConnection, message_key, uid_set
 from popflow_imap.parse import fetch_items
-from popflow_imap.wire import ImapWire, Reply, quote
+from popflow_imap.wire import Reply
 
 if TYPE_CHECKING:
     from popflow_imap.config import ImapConfig
@@ -49,226 +39,27 @@ log = logging.getLogger("popflow_imap")
 
 HEADER_LIMIT = 4 * 1024 * 1024
 """Longest header block (``BODY.PEEK[HEADER]``) accepted."""
-MAX_SIZE_VALUE = 2**63
-UNTAGGED_SLACK = 10_000
-"""Untagged responses beyond what a command can cause (EXISTS, FLAGS updates) before we give up."""
 
 
-@dataclass(frozen=True)
-class FolderState:
-    """What ``SELECT`` told about one folder."""
-
-    name: str
-    uidvalidity: int
-    exists: int
-
-
-def message_key(folder: str, uidvalidity: int, uid: int) -> str:
-    """The ledger key of a message: ``FOLDER;UIDVALIDITY=V;UID=U`` (the folder as exact printable text)."""
-    return f"{uidl_text(folder.encode('utf-8'))};UIDVALIDITY={uidvalidity};UID={uid}"
-
-
-def uid_set(uids: Iterable[int]) -> str:
-    """``1:3,7,9:10`` for a set of UIDs."""
-    ordered = sorted(set(uids))
-    ranges: list[str] = []
-    index = 0
-    while index < len(ordered):
-        end = index
-        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
-            end += 1
-        ranges.append(str(ordered[index]) if end == index else f"{ordered[index]}:{ordered[end]}")
-        index = end + 1
-    return ",".join(ranges)
-
-
-def parse_capabilities(words: Iterable[Any]) -> dict[str, list[str]]:
-    """``IMAP4rev1 IDLE AUTH=PLAIN …`` → ``{"IMAP4REV1": [], "IDLE": [], "AUTH=PLAIN": [], …}``."""
-    return {str(word).upper(): [] for word in words if isinstance(word, str) and word}
-
-
-class ImapSession(SourceSession):
-    """A connected, authenticated IMAP session over one or more folders."""
+class ImapSession(ImapConnection):
+    """A connected, authenticated IMAP session over one or more folders: list, fetch, delete, move, keep."""
 
     def __init__(self, config: ImapConfig, context: RuntimeContext, name: str = "imap", *,
                  password: Callable[[], str] | None = None, token: Callable[[], str] | None = None) -> None:
-        self.config = config
-        self.context = context
-        self.name = name
-        self.info = SessionInfo()
-        self.auth_method: str | None = None
-        self.folders: dict[str, FolderState] = {}
-        self._password = password
-        self._token = token
-        self._wire: ImapWire | None = None
-        self._selected: str | None = None
+        super().__init__(config, context, name, password=password, token=token)
         self._where: dict[int, tuple[str, int]] = {}
         """Listing number → (folder, UID)."""
-        self._broken = False
-        self._closed = False
-
-    # -- connecting ----------------------------------------------------------------------------
-
-    @property
-    def label(self) -> str:
-        """``user@host:port`` for messages (no secrets)."""
-        return f"{self.config.username}@{self.config.host}:{self.config.server_port}"
-
-    @property
-    def wire(self) -> ImapWire:
-        """The open connection."""
-        if self._wire is None or self._closed or self._broken:
-            raise SourceConnectionError(f"{self.label}: the session is closed")
-        return self._wire
-
-    @property
-    def capabilities(self) -> dict[str, list[str]]:
-        """The server's capabilities after login."""
-        return self.info.capabilities
-
-    @property
-    def broken(self) -> bool:
-        """True once the connection failed (or a reply was not read to its end)."""
-        return self._broken
-
-    def has(self, capability: str) -> bool:
-        """True when the server announced ``capability``."""
-        return capability.upper() in self.info.capabilities
-
-    def open(self, *, select: bool = True) -> None:
-        """Connect, TLS, login, and (``select``) SELECT every folder. On failure the socket is closed."""
-        try:
-            self._open()
-            if select:
-                for folder in self.config.folders:
-                    self.select(folder)
-        except BaseException:
-            if self._wire is not None:
-                self._wire.close()
-            self._closed = True
-            raise
-
-    def _open(self) -> None:
-        cfg = self.config
-        context = None
-        if cfg.tls != "none":
-            if not cfg.tls_verify:
-                log.warning("%s: tls_verify is false: the server's certificate is NOT checked", self.label)
-            context = make_ssl_context(self.context.resolve(cfg.ca_file) if cfg.ca_file else None,
-                                       verify=cfg.tls_verify)
-        self._wire = wire = ImapWire.open(cfg.host, cfg.server_port, cfg.timeout)  # type: ignore[assignment]
-        assert isinstance(wire, ImapWire)
-        wire.stop = self.context.stop
-        if cfg.tls == "implicit":
-            assert context is not None
-            wire.start_tls(context)
-        greeting = wire.read_reply()
-        if greeting.tag != "*" or greeting.status not in ("OK", "PREAUTH"):
-            raise SourceConnectionError(f"{self.label}: the server refused the connection: {greeting.text[:200]}")
-        self.info.capabilities = self._capability()
-        if cfg.tls == "starttls":
-            assert context is not None
-            if not self.has("STARTTLS"):
-                raise SourceFatalError(f"{self.label}: tls: starttls, but the server does not offer STARTTLS; "
-                                       "refusing to continue unencrypted")
-            reply = self.run("STARTTLS")
-            if not reply.ok:
-                raise SourceFatalError(f"{self.label}: STARTTLS refused: {reply.message}")
-            wire.start_tls(context)
-            self.info.capabilities = self._capability()  # RFC 3501: capabilities change after STARTTLS
-        request = AuthRequest(username=cfg.username, host=cfg.host, capabilities={}, encrypted=wire.encrypted,
-                              allow_insecure=cfg.allow_insecure, password=self._password, token=self._token)
-        try:
-            self.auth_method = authenticate(wire, request, cfg.auth, self.info.capabilities)
-        except SourceConnectionError:
-            raise
-        self.info.capabilities = self._capability()  # may grow after login (MOVE, UIDPLUS on some servers)
-        if not wire.encrypted:
-            self.info.notes.append("connection is NOT encrypted")
-        self.info.notes.append(f"auth {self.auth_method}")
-        log.debug("%s: logged in (auth %s, %s)", self.label, self.auth_method, "TLS" if wire.encrypted else "plain")
-
-    def _capability(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-
-        def seen(reply: Reply) -> None:
-            if reply.values and str(reply.values[0]).upper() == "CAPABILITY":
-                found.update(parse_capabilities(reply.values[1:]))
-
-        self.run("CAPABILITY", on_untagged=seen)
-        return found
-
-    # -- commands ------------------------------------------------------------------------------
-
-    def run(self, command: str | bytes, on_untagged: Callable[[Reply], None] | None = None,
-            on_literal: Any = None, limit: int = UNTAGGED_SLACK) -> Reply:
-        """Send one command and read its responses up to its completion (returned).
-
-        Untagged responses go to ``on_untagged``; more than ``limit`` of them, a ``BYE`` or a
-        broken connection raise :class:`SourceConnectionError` (the session is then unusable).
-        """
-        try:
-            tag = self.wire.command(command)
-            for _ in range(limit + UNTAGGED_SLACK):
-                reply = self.wire.read_reply(on_literal)
-                if reply.tag == tag:
-                    return reply
-                if reply.tag == "*" and reply.status == "BYE":
-                    raise SourceConnectionError(f"{self.label}: the server ended the session: {reply.message[:200]}")
-                if reply.tag == "*" and on_untagged is not None:
-                    on_untagged(reply)
-            raise ServerMisbehaved(f"{self.label}: no end to the responses to one command; connection dropped")
-        except (SourceConnectionError, ValueError) as exc:
-            self._broken = True
-            if self._wire is not None:
-                self._wire.close()
-            if isinstance(exc, SourceConnectionError):
-                raise
-            raise SourceConnectionError(f"{self.label}: unreadable response: {exc}") from None
-
-    def select(self, folder: str) -> FolderState:
-        """``SELECT`` a folder (read-write); remembers its UIDVALIDITY and message count."""
-        values: dict[str, int] = {}
-
-        def seen(reply: Reply) -> None:
-            code, args = reply.code
-            if code == "UIDVALIDITY" and args.strip().isdigit():
-                values["uidvalidity"] = int(args.strip())
-            elif len(reply.values) >= 2 and isinstance(reply.values[0], int) \
-                    and str(reply.values[1]).upper() == "EXISTS":
-                values["exists"] = reply.values[0]
-
-        reply = self.run(b"SELECT " + self._folder_arg(folder), on_untagged=seen)
-        if not reply.ok:
-            raise SourceFatalError(f"{self.label}: cannot open folder {uidl_text(folder.encode())!r}: "
-                                   f"{reply.message[:200]}")
-        if "uidvalidity" not in values:
-            raise SourceFatalError(f"{self.label}: folder {folder!r} has no UIDVALIDITY; cannot identify messages")
-        state = FolderState(folder, values["uidvalidity"], values.get("exists", 0))
-        self.folders[folder] = state
-        self._selected = folder
-        self.info.message_count = sum(item.exists for item in self.folders.values())
-        note = f"{folder}: {state.exists} message(s), UIDVALIDITY {state.uidvalidity}"
-        self.info.notes = [n for n in self.info.notes if not n.startswith(f"{folder}: ")] + [note]
-        return state
-
-    def _folder_arg(self, folder: str) -> bytes:
-        try:
-            return quote(folder)
-        except ValueError:
-            raise SourceFatalError(f"{self.label}: folder name {folder!r} cannot be sent") from None
-
-    def _ensure_selected(self, folder: str) -> None:
-        if self._selected != folder:
-            self.select(folder)
 
     # -- listing -------------------------------------------------------------------------------
 
     def list_messages(self) -> list[Listing]:
         """Every message of every folder (UID order within a folder, folders in config order).
 
-        Messages flagged ``\\Deleted`` are on their way out (by popflow on a server without UIDPLUS,
-        or by another client) and are not listed.
+        A message flagged ``\\Deleted`` but not expunged is listed where the server has UIDPLUS:
+        popflow may have been killed between its ``UID STORE`` and ``UID EXPUNGE`` (the ledger then
+        knows it as handled, and this poll expunges it), or another client flagged it (never
+        handled: it is delivered before it is expunged, so it is not lost). Without UIDPLUS popflow
+        cannot expunge by UID and leaves its own deletions flagged, so flagged messages are not listed.
         """
         listings: list[Listing] = []
         for folder in self.config.folders:
@@ -276,15 +67,17 @@ class ImapSession(SourceSession):
             if state.exists == 0:
                 continue
             found: dict[int, tuple[int, bool]] = {}
+            bad: list[Any] = []
 
-            def seen(reply: Reply, found: dict[int, tuple[int, bool]] = found) -> None:
+            def seen(reply: Reply, found: dict[int, tuple[int, bool]] = found, bad: list[Any] = bad) -> None:
                 parsed = fetch_items(reply.values)
                 if parsed is None:
                     return
                 items = parsed[1]
                 uid, size = items.get("UID"), items.get("RFC822.SIZE")
                 flags = items.get("FLAGS") or []
-                if not isinstance(uid, int) or uid < 1:
+                if not isinstance(uid, int) or not 1 <= uid <= MAX_UID:
+                    bad.append(uid)  # never sent back in a command; the message stays on the server
                     return
                 deleted = isinstance(flags, list) and any(str(f).upper() == "\\DELETED" for f in flags)
                 found[uid] = (size if isinstance(size, int) and 0 <= size < MAX_SIZE_VALUE else -1, deleted)
@@ -292,10 +85,13 @@ class ImapSession(SourceSession):
             reply = self.run("UID FETCH 1:* (UID RFC822.SIZE FLAGS)", on_untagged=seen, limit=state.exists)
             if not reply.ok:
                 raise SourceFatalError(f"{self.label}: listing {folder!r} failed: {reply.message[:200]}")
+            if bad:
+                log.warning("%s: %s: %d message(s) listed with an invalid UID (e.g. %r); left on the server",
+                            self.label, folder, len(bad), str(bad[0])[:40])
             for uid in sorted(found):
                 size, deleted = found[uid]
-                if deleted:
-                    continue
+                if deleted and not self.has("UIDPLUS"):
+                    continue  # popflow's own deletions on such a server stay flagged (see above)
                 number = len(self._where) + 1
                 self._where[number] = (folder, uid)
                 problem = None if size >= 0 else "the server announced no usable RFC822.SIZE"
@@ -366,6 +162,27 @@ class ImapSession(SourceSession):
         try:
             reply = self.run(f"UID FETCH {uid_set(by_uid)} (UID BODY.PEEK[])", on_untagged=seen,
                              on_literal=body, limit=len(by_uid))
+        except SourceConnectionError as exc:
+            # Cut mid-FETCH: the messages whose FETCH response arrived whole are complete; hand them
+            # over (the poller delivers and records them, deleting nothing on this broken session)
+            # so the next poll does not fetch them again; the one cut short is dropped.
+            complete = {id(raw) for raw in arrived.values()}
+            text = (f"{exc} during UID FETCH of {len(by_uid)} message(s) from {uidl_text(folder.encode())!r} "
+                    f"({len(arrived)} arrived whole)")
+            # A protocol breach keeps its type and message number: the poller then leaves that
+            # message on the server (recorded as skipped, with the reason) and the rest flows.
+            lost = ServerMisbehaved(text, message_number=exc.message_number) \
+                if isinstance(exc, ServerMisbehaved) else SourceConnectionError(text)
+            for raw in pending:
+                if id(raw) not in complete:
+                    raw.discard()
+            try:
+                for uid in sorted(arrived):
+                    yield by_uid[uid], arrived.pop(uid)
+            finally:  # the poller stopped taking them: none is left in the spool
+                for raw in arrived.values():
+                    raw.discard()
+            raise lost from exc
         except BaseException:
             for raw in pending:
                 raw.discard()
@@ -392,7 +209,7 @@ class ImapSession(SourceSession):
     @staticmethod
     def _listing_of(text: bytes, by_uid: dict[int, Listing]) -> Listing | None:
         """The listing a FETCH response is about, when its UID came before the body."""
-        words = text.upper().split()
+        words = text.upper().replace(b"(", b" ").split()  # "* 1 FETCH (UID 7 BODY[] {N}"
         if b"UID" in words:
             index = words.index(b"UID")
             if index + 1 < len(words) and words[index + 1].isdigit():
@@ -484,31 +301,5 @@ class ImapSession(SourceSession):
             self._ensure_selected(folder)
             self._store(uid_set(self._where[item.number][1] for item in group), "\\Seen")
 
-    def close(self, commit: bool = True) -> None:
-        """``LOGOUT`` (expunges already ran by UID); without ``commit`` just drop the connection."""
-        if self._closed or self._wire is None:
-            self._closed = True
-            return
-        wire = self._wire
-        self._closed = True
-        if not commit or self._broken:
-            wire.close()
-            if commit:
-                raise SourceConnectionError(f"{self.label}: the connection was lost")
-            return
-        try:
-            wire.command("LOGOUT")
-            for _ in range(16):
-                reply = wire.read_reply()
-                if reply.tag != "*":
-                    break
-        except SourceConnectionError as exc:
-            log.debug("%s: LOGOUT: %s", self.label, exc)  # every change was already applied by UID
-        finally:
-            wire.close()
-
     def __enter__(self) -> ImapSession:
         return self
-
-    def __repr__(self) -> str:
-        return f"<ImapSession {self.label} {'closed' if self._closed else 'open'}>"

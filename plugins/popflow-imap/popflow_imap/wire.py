@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from popflow import ServerMisbehaved, SourceConnectionError
-from popflow.sources.pop3_wire import MIN_RATE, Pop3Wire
+from popflow.errors import ServerMisbehaved, SourceConnectionError
+from popflow.sources.pop3_wire import MAX_STATUS_LINE, MIN_RATE, Pop3Wire
 from popflow_imap.parse import parse_values
 
 MAX_RESPONSE_TEXT = 1024 * 1024
@@ -104,6 +104,17 @@ class ImapWire(Pop3Wire):
         return tag
 
     # -- reading -----------------------------------------------------------------------------
+
+    def read_line(self) -> bytes:
+        """One line; one longer than :data:`MAX_STATUS_LINE` without its CRLF is a protocol breach."""
+        try:
+            return super().read_line()
+        except SourceConnectionError:
+            if self.buffered <= MAX_STATUS_LINE:
+                raise
+            self.close()
+            raise ServerMisbehaved(f"{self.host}:{self.port}: a response line ran past {MAX_STATUS_LINE} bytes "
+                                   "without its end (line too long; not an IMAP server?); connection dropped") from None
 
     def iter_exact(self, count: int, what: str, message_number: int | None = None) -> Iterator[bytes]:
         """Exactly ``count`` bytes from the connection, in chunks, within ``timeout + count / MIN_RATE``."""
