@@ -14,9 +14,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from popflow.context import RuntimeContext
-from popflow.errors import ServerMisbehaved, SourceConnectionError, SourceFatalError
-from popflow.sources.base import SessionInfo, SourceSession
+from popflow import (
+    RuntimeContext,
+    ServerMisbehaved,
+    SessionInfo,
+    SourceConnectionError,
+    SourceFatalError,
+    SourceSession,
+)
 from popflow.sources.keys import uidl_text
 from popflow.sources.pop3_auth import AuthRequest
 from popflow.sources.tls import make_ssl_context

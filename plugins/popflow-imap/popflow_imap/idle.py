@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from popflow.errors import PopflowError, ServerMisbehaved, SourceConnectionError
+from popflow import PopflowError, ServerMisbehaved, SourceConnectionError
 from popflow_imap.session import ImapSession
 
 if TYPE_CHECKING:

@@ -22,10 +22,16 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from popflow.context import RuntimeContext
-from popflow.errors import DeferMessage, DeliveryError, ServerMisbehaved, SourceConnectionError, SourceFatalError
-from popflow.raw import RawMessage
-from popflow.sources.base import Listing
+from popflow import (
+    DeferMessage,
+    DeliveryError,
+    Listing,
+    RawMessage,
+    RuntimeContext,
+    ServerMisbehaved,
+    SourceConnectionError,
+    SourceFatalError,
+)
 from popflow.sources.keys import header_digest, uidl_text
 from popflow.sources.pop3_session import retr_limit
 from popflow_imap.connection import MAX_SIZE_VALUE, MAX_UID, ImapConnection, message_key, uid_set

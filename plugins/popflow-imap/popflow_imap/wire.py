@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from popflow.errors import ServerMisbehaved, SourceConnectionError
+from popflow import ServerMisbehaved, SourceConnectionError
 from popflow.sources.pop3_wire import MAX_STATUS_LINE, MIN_RATE, Pop3Wire
 from popflow_imap.parse import parse_values
 
