@@ -119,28 +119,28 @@ class Deliverer:
         already = self._already(deliveries)
         pending: dict[str, list[Delivery]] = defaultdict(list)
         slow: dict[str, list[tuple[Delivery, BaseException | None]]] = defaultdict(list)
-        for item in deliveries:
-            have = already.get((item.source, item.uidl), set())
-            for sink_name in item.sinks:
+        for delivery in deliveries:
+            have = already.get((delivery.source, delivery.uidl), set())
+            for sink_name in delivery.sinks:
                 if sink_name in have:
-                    item.delivered.append(sink_name)
+                    delivery.delivered.append(sink_name)
                     continue
                 runner = self.runners[sink_name]
                 if runner.down:
-                    item.deferred.append(sink_name)
+                    delivery.deferred.append(sink_name)
                     continue
                 if sink_name in slow:
-                    slow[sink_name].append((item, None))
+                    slow[sink_name].append((delivery, None))
                     continue
                 try:
                     runner.ensure_open()
-                    runner.sink.write(item.message)
-                    pending[sink_name].append(item)
+                    runner.sink.write(delivery.message)
+                    pending[sink_name].append(delivery)
                 except Exception as exc:
-                    log.info("sink %s: write of %s failed (%s); retrying one by one", sink_name, item.uidl,
+                    log.info("sink %s: write of %s failed (%s); retrying one by one", sink_name, delivery.uidl,
                              describe_error(exc))
                     slow[sink_name] = self._after_fast_failure(runner, pending.pop(sink_name, []))
-                    slow[sink_name].append((item, exc))
+                    slow[sink_name].append((delivery, exc))
         for sink_name, batch in pending.items():
             runner = self.runners[sink_name]
             try:
@@ -149,21 +149,21 @@ class Deliverer:
                 log.info("sink %s: commit of %d message(s) failed (%s); retrying one by one", sink_name,
                          len(batch), describe_error(exc))
                 runner.safe_rollback()
-                slow[sink_name] = [(item, None) for item in batch] + slow.get(sink_name, [])
+                slow[sink_name] = [(delivery, None) for delivery in batch] + slow.get(sink_name, [])
                 continue
-            for item in batch:
-                self._delivered(item, sink_name)
+            for delivery in batch:
+                self._delivered(delivery, sink_name)
         for sink_name, retry in slow.items():
-            for item, first_error in retry:
-                with log_fields(sink=sink_name, uidl=item.uidl):  # the retry warnings, in JSON logs
-                    self._deliver_one(self.runners[sink_name], item, first_error)
-        return [item.outcome() for item in deliveries]
+            for delivery, first_error in retry:
+                with log_fields(sink=sink_name, uidl=delivery.uidl):  # the retry warnings, in JSON logs
+                    self._deliver_one(self.runners[sink_name], delivery, first_error)
+        return [delivery.outcome() for delivery in deliveries]
 
     def _already(self, deliveries: Sequence[Delivery]) -> dict[tuple[str, str], set[str]]:
         """The sinks the ledger lists for each message, by (source, uidl)."""
         by_source: dict[str, list[str]] = defaultdict(list)
-        for item in deliveries:
-            by_source[item.source].append(item.uidl)
+        for delivery in deliveries:
+            by_source[delivery.source].append(delivery.uidl)
         found: dict[tuple[str, str], set[str]] = {}
         for source, uidls in by_source.items():
             for uidl, sinks in self.state.deliveries_pending(source, uidls).items():
@@ -202,7 +202,7 @@ class Deliverer:
 
         A sink the ledger already lists is a no-op.
         """
-        triples = [(item.source, item.uidl, sink) for item in deliveries for sink in item.delivered]
+        triples = [(delivery.source, delivery.uidl, sink) for delivery in deliveries for sink in delivery.delivered]
         if triples:
             self.state.record_deliveries(triples)
 
@@ -220,53 +220,53 @@ class Deliverer:
                 runner.sink.commit()
             except Exception as exc:
                 log.debug("sink %s: commit after a failed write: %s", runner.name, exc)
-            for item in written:
-                self._delivered(item, runner.name)
+            for delivery in written:
+                self._delivered(delivery, runner.name)
             return []
         runner.safe_rollback()
-        return [(item, None) for item in written]
+        return [(delivery, None) for delivery in written]
 
-    def _delivered(self, item: Delivery, sink_name: str) -> None:
-        item.delivered.append(sink_name)
-        notify_delivered(self.pm, item.message, sink_name)
+    def _delivered(self, delivery: Delivery, sink_name: str) -> None:
+        delivery.delivered.append(sink_name)
+        notify_delivered(self.pm, delivery.message, sink_name)
 
-    def _deliver_one(self, runner: SinkRunner, item: Delivery, first_error: BaseException | None = None) -> None:
+    def _deliver_one(self, runner: SinkRunner, delivery: Delivery, first_error: BaseException | None = None) -> None:
         """Write + commit one message with retries; then dead letter (and mark the sink down).
 
         ``first_error`` is the failure of the batch's attempt, which counts as attempt 1.
         """
         if runner.down:
-            item.deferred.append(runner.name)
+            delivery.deferred.append(runner.name)
             return
         attempt = 0
         if first_error is not None:
             attempt = 1
             if isinstance(first_error, DeadLetterError) or runner.settings.retries == 0:
-                self._dead_letter(runner, item, first_error, attempt)
+                self._dead_letter(runner, delivery, first_error, attempt)
                 if not isinstance(first_error, DeadLetterError):
                     runner.down = True
                 return
             if self.stop.wait(runner.backoff_delay(1, first_error)):
-                item.deferred.append(runner.name)
-                item.errors[runner.name] = f"stopped while retrying: {describe_error(first_error)}"
+                delivery.deferred.append(runner.name)
+                delivery.errors[runner.name] = f"stopped while retrying: {describe_error(first_error)}"
                 return
         while True:
             attempt += 1
             try:
                 runner.ensure_open()
-                runner.sink.write(item.message)
+                runner.sink.write(delivery.message)
                 runner.sink.commit()
-                self._delivered(item, runner.name)
+                self._delivered(delivery, runner.name)
                 return
             except DeadLetterError as exc:
                 runner.safe_rollback()
-                self._dead_letter(runner, item, exc, attempt)
+                self._dead_letter(runner, delivery, exc, attempt)
                 return
             except Exception as exc:
                 runner.safe_rollback()
                 error_text = describe_error(exc)
                 if attempt > runner.settings.retries:
-                    self._dead_letter(runner, item, exc, attempt)
+                    self._dead_letter(runner, delivery, exc, attempt)
                     runner.down = True
                     log.error("sink %s is down for the rest of this poll; its other messages are deferred",
                               runner.name)
@@ -274,16 +274,16 @@ class Deliverer:
                 delay = runner.backoff_delay(attempt, exc)
                 kind = "retryable" if isinstance(exc, RetryableError) else "unexpected"
                 log.warning("sink %s: %s error delivering %s (attempt %d/%d): %s; retrying in %.2fs",
-                            runner.name, kind, item.uidl, attempt, runner.settings.retries + 1, error_text, delay)
+                            runner.name, kind, delivery.uidl, attempt, runner.settings.retries + 1, error_text, delay)
                 if self.stop.wait(delay):
-                    item.deferred.append(runner.name)
-                    item.errors[runner.name] = f"stopped while retrying: {error_text}"
+                    delivery.deferred.append(runner.name)
+                    delivery.errors[runner.name] = f"stopped while retrying: {error_text}"
                     return
 
-    def _dead_letter(self, runner: SinkRunner, item: Delivery, error: BaseException, attempts: int) -> None:
+    def _dead_letter(self, runner: SinkRunner, delivery: Delivery, error: BaseException, attempts: int) -> None:
         text = describe_error(error)
-        item.dead_lettered.append(runner.name)
-        item.errors[runner.name] = text
-        notify_failed(self.pm, item.message, f"deliver:{runner.name}", error)
-        self.holding.dead_letter(item.raw, item.source, item.uidl, item.message, sink=runner.name,
+        delivery.dead_lettered.append(runner.name)
+        delivery.errors[runner.name] = text
+        notify_failed(self.pm, delivery.message, f"deliver:{runner.name}", error)
+        self.holding.dead_letter(delivery.raw, delivery.source, delivery.uidl, delivery.message, sink=runner.name,
                                  stage=f"deliver:{runner.name}", error=text, attempts=attempts)
