@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,3 +189,17 @@ def quote(value: str) -> bytes:
 def deadline_left(until: float) -> float:
     """Seconds until a monotonic deadline (never negative)."""
     return max(0.0, until - time.monotonic())
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """``1:3,7,9:10`` for a set of UIDs."""
+    ordered = sorted(set(uids))
+    ranges: list[str] = []
+    index = 0
+    while index < len(ordered):
+        end = index
+        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
+            end += 1
+        ranges.append(str(ordered[index]) if end == index else f"{ordered[index]}:{ordered[end]}")
+        index = end + 1
+    return ",".join(ranges)
