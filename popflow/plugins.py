@@ -114,12 +114,19 @@ def _import_type(path: str, kind: str, name: str) -> type:
 
 
 @dataclass(frozen=True)
-class BuiltinSource:
-    """One of popflow's own source types, registered by path: its module is imported only when
-    a config uses the type."""
-
+class _BuiltinType:
     type_name: str
     path: str
+
+    @property
+    def module(self) -> str:
+        """The module the type lives in (``popflow plugins`` shows it), not imported here."""
+        return self.path.partition(":")[0]
+
+
+class BuiltinSource(_BuiltinType):
+    """One of popflow's own source types, registered by path: its module is imported only when
+    a config uses the type."""
 
     @hookimpl
     def popflow_register_sources(self, register: Callable[[str, TypeRef], None]) -> None:
@@ -127,13 +134,9 @@ class BuiltinSource:
         register(self.type_name, self.path)
 
 
-@dataclass(frozen=True)
-class BuiltinSink:
+class BuiltinSink(_BuiltinType):
     """One of popflow's own sink types, registered by path (the webhook sink's ``httpx``, for
     one, costs start-up time that a config without a webhook should not pay)."""
-
-    type_name: str
-    path: str
 
     @hookimpl
     def popflow_register_sinks(self, register: Callable[[str, TypeRef], None]) -> None:
@@ -292,7 +295,8 @@ def describe_plugins(pm: PopflowPluginManager) -> list[dict[str, Any]]:
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        module = getattr(plugin, "__name__", None) or type(plugin).__module__
+        module = plugin.module if isinstance(plugin, _BuiltinType) else (
+            getattr(plugin, "__name__", None) or type(plugin).__module__)
         builtin = name in DEFAULT_PLUGINS or name in BUILTIN_TYPES
         rows.append({"name": name, "module": module, "builtin": builtin, "hooks": hooks_of(pm, plugin)})
     return sorted(rows, key=lambda row: (not row["builtin"], row["name"]))

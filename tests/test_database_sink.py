@@ -25,8 +25,8 @@ from popflow.context import RuntimeContext
 from popflow.errors import DeadLetterError, RetryableError
 from popflow.message import Address, Attachment, Body, Message
 from popflow.migrate import head_revision
+from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
-from popflow.sinks import database as database_module
 from popflow.sinks.database import MIGRATIONS, DatabaseConfig, DatabaseSink
 from tests.support.databases import SERVER_URLS, TestDatabase, require_server, sqlite_shape
 
@@ -493,9 +493,8 @@ def test_relative_sqlite_paths_follow_the_config_file(tmp_path: Path) -> None:
 
 
 def test_the_plugin_registers_the_database_type() -> None:
-    registered: dict[str, type] = {}
-    database_module.popflow_register_sinks(register=lambda name, cls: registered.setdefault(name, cls))
-    assert registered == {"database": DatabaseSink}
+    pm = make_plugin_manager(load_entry_points=False)
+    assert pm.registry.sink_type("database") is DatabaseSink
 
 
 # -- the real-mail corpus ---------------------------------------------------------------------------
