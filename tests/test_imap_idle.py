@@ -113,3 +113,17 @@ def test_idle_reconnects_after_the_server_kicks_it(tmp_path: Path, imap_dovecot:
     finally:
         scheduler.stop()
     assert maildir_ids(tmp_path / "mail") == {"<msg-5@example.org>": 1}
+
+
+def test_every_folder_of_the_source_is_watched(tmp_path: Path, imap_dovecot: DovecotServer, proxy: ImapProxy) -> None:
+    imap_support.make_folder(imap_dovecot, "Orders")
+    scheduler = start_run(tmp_path, imap_dovecot, proxy, folder=["INBOX", "Orders"])
+    try:
+        wait_for(lambda: proxy.commands(b"IDLE") >= 2, 30, "an IDLE on each folder")
+        started = time.monotonic()
+        imap_support.deliver_to(imap_dovecot, "Orders", sample_message(8))
+        wait_for(lambda: maildir_ids(tmp_path / "mail")["<msg-8@example.org>"], PROMPT, "the Orders message")
+        assert time.monotonic() - started < PROMPT
+    finally:
+        scheduler.stop()
+    assert imap_support.files(imap_dovecot, "Orders") == []

@@ -57,10 +57,11 @@ def imap_sessions_open(log_text: str) -> int:
     return logins - ends
 
 
-def wait_server_done(server: DovecotServer, timeout: float = 20.0) -> None:
-    """A killed client's IMAP session may still be expunging: wait until Dovecot has ended it."""
+def wait_server_done(server: DovecotServer, baseline: int, timeout: float = 20.0) -> None:
+    """A killed client's IMAP session may still be expunging: wait until Dovecot has ended it
+    (``baseline``: sessions open before this test, e.g. another test's still closing)."""
     deadline = time.monotonic() + timeout
-    while imap_sessions_open(server.log()) > 0:
+    while imap_sessions_open(server.log()) > baseline:
         assert time.monotonic() < deadline, f"IMAP sessions still open:\n{server.log()[-2000:]}"
         time.sleep(0.02)
 
@@ -87,6 +88,7 @@ def test_sigkill_mid_batch_delivers_every_message_exactly_once(tmp_path: Path,
         "routes": [{"sinks": ["archive", "db"]}],
     })
     kills, history, before_expunge = 0, [], 0
+    baseline = imap_sessions_open(imap_dovecot.log())
     for run in range(MAX_KILLS + 10):
         log_path = tmp_path / f"poll-{run}.log"
         with open(log_path, "wb") as out:
@@ -99,7 +101,7 @@ def test_sigkill_mid_batch_delivers_every_message_exactly_once(tmp_path: Path,
                 os.killpg(process.pid, signal.SIGKILL)
                 kills += 1
         code = process.wait(120)
-        wait_server_done(imap_dovecot)
+        wait_server_done(imap_dovecot, baseline)
         in_maildir, in_db, on_server = maildir_ids(tmp_path / "mail"), db_ids(tmp_path / "mail.db"), \
             server_ids(imap_dovecot)
         history.append(f"{'K' if code == -signal.SIGKILL else code}/{sum(on_server.values())}")
