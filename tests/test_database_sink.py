@@ -25,6 +25,7 @@ from popflow.context import RuntimeContext
 from popflow.errors import DeadLetterError, RetryableError
 from popflow.message import Address, Attachment, Body, Message
 from popflow.migrate import head_revision
+from popflow.parsing.parser import parse_message
 from popflow.plugins import make_plugin_manager
 from popflow.raw import RawMessage
 from popflow.sinks.database import MIGRATIONS, DatabaseConfig, DatabaseSink
@@ -534,8 +535,6 @@ def test_every_corpus_message_is_stored(database: TestDatabase, tmp_path: Path) 
 def spooled_message(tmp_path: Path, content: bytes, uidl: str = "big-1") -> tuple[Message, bytes]:
     """A real message with a base64 attachment, spooled like a large download, parsed by popflow."""
     import base64
-
-    from popflow.parser import parse_message  # type: ignore[attr-defined,unused-ignore]
 
     encoded = base64.encodebytes(content).replace(b"\n", b"\r\n")
     data = (b"From: Ann <ann@example.com>\r\nSubject: big\r\nMIME-Version: 1.0\r\n"

@@ -96,8 +96,8 @@ def test_record_writes_handled_messages_with_their_sinks(two_folders: App) -> No
     assert ledger["u0"].sha256 == deliveries[0].raw.sha256
     assert ledger["u1"].state == "handled"
     assert ledger["u1"].header_sha256 is None
-    assert two_folders.state.delivered_sinks(SOURCE, "u0") == {"a", "b"}
-    assert two_folders.state.delivered_sinks(SOURCE, "u1") == {"a", "b"}
+    assert two_folders.state.deliveries_pending(SOURCE, ["u0"]).get("u0") == {"a", "b"}
+    assert two_folders.state.deliveries_pending(SOURCE, ["u1"]).get("u1") == {"a", "b"}
 
 
 @pytest.fixture
@@ -168,5 +168,5 @@ def test_record_deliveries_keeps_the_ledger_row(two_folders: App) -> None:
         deliverer.record_deliveries([item])
     finally:
         deliverer.close()
-    assert two_folders.state.delivered_sinks(SOURCE, "u1") == {"a", "b"}
+    assert two_folders.state.deliveries_pending(SOURCE, ["u1"]).get("u1") == {"a", "b"}
     assert two_folders.state.ledger_for(SOURCE) == {}
