@@ -73,3 +73,23 @@ def test_a_command_that_succeeds_closes_the_app_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "no pending dead letters" in result.stdout
     assert (tmp_path / "shutdowns.log").read_text() == "closed\n"
+
+
+def test_the_poll_table_shows_messages_no_route_sent_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from popflow.cli.common import console
+    from popflow.cli.poll import print_summary
+    from popflow.outcome import PollCounts
+    from popflow.poller import PollReport
+
+    report = PollReport("inbox", PollCounts(fetched=5, delivered=2, no_route=3))
+    monkeypatch.setattr(console, "width", 200)  # no column names cut short
+    with console.capture() as captured:
+        print_summary([report])
+    text = captured.get()
+    header = next(line for line in text.splitlines() if "source" in line)
+    row = next(line for line in text.splitlines() if "inbox" in line)
+    cells = [cell.strip() for cell in row.strip("│┃ ").split("│")]
+    names = [cell.strip() for cell in header.strip("│┃ ").split("┃")]
+    assert "no route" in names
+    assert cells[names.index("no route")] == "3"
+    assert cells[names.index("delivered")] == "2"
