@@ -61,15 +61,15 @@ def _poll_all(app: App, names: list[str]) -> list[PollReport]:
 def print_summary(reports: list[PollReport]) -> None:
     """The per-source summary table."""
     table = Table(title="popflow poll")
-    columns = ["source", "fetched", "delivered", "no route", "skipped", "dropped", "quarantined", "dead letters", "deferred",
-               "defects", "errors", "seconds"]
+    columns = ["source", "fetched", "delivered", "no route", "skipped", "dropped", "quarantined", "dead letters",
+               "deferred", "defects", "errors", "seconds"]
     for column in columns:
         table.add_column(column, justify="left" if column == "source" else "right")
     for report in reports:
         c = report.counts
-        table.add_row(shown(report.source), str(c.fetched), str(c.delivered), str(c.no_route), str(c.skipped), str(c.dropped),
-                      str(c.quarantined), str(c.dead_letters), str(c.deferred), str(c.defects), str(c.errors),
-                      f"{c.seconds:.2f}")
+        counts = (c.fetched, c.delivered, c.no_route, c.skipped, c.dropped, c.quarantined, c.dead_letters,
+                  c.deferred, c.defects, c.errors)
+        table.add_row(shown(report.source), *map(str, counts), f"{c.seconds:.2f}")
     console.print(table)
     for report in reports:
         if report.error:  # one line, whatever the width; server text is not markup

@@ -126,7 +126,8 @@ def _print_demo(result: DemoResult) -> None:
     table.add_column("what")
     table.add_column("count", justify="right")
     rows = [("served by the POP3 server", result.served), ("fetched", c.fetched), ("delivered", c.delivered),
-            ("handled, no route matched", c.no_route), ("dropped by the filter (newsletter)", c.dropped), ("parsed with defects (repaired)", c.defects),
+            ("handled, no route matched", c.no_route), ("dropped by the filter (newsletter)", c.dropped),
+            ("parsed with defects (repaired)", c.defects),
             ("dead letters", c.dead_letters), ("deferred", c.deferred), ("errors", c.errors),
             ("deleted from the server (QUIT)", c.deleted), ("left on the server", result.left_on_server)]
     for name, count in rows:
