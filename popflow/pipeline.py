@@ -22,8 +22,7 @@ from popflow.verdicts import FilterDecision, ScanVerdict
 
 log = logging.getLogger(__name__)
 
-# describe_error lives in popflow.errors; still importable from here for callers not moved yet.
-__all__ = ["Pipeline", "describe_error"]
+__all__ = ["Pipeline"]
 
 
 class Pipeline:

@@ -41,6 +41,7 @@ from sqlalchemy.types import TypeEngine
 from popflow import migrate
 from popflow.errors import PopflowError
 from popflow.processes import owner_is_dead
+from popflow.redact import display_url
 from popflow.sql import engine_url, id_type, key_string, make_engine
 from popflow.state_writes import insert_deliveries, upsert_ledger
 
@@ -241,7 +242,7 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = engine_url(make_url(url))  # utf8mb4 on mysql and mariadb URLs alike
-        self.shown_url = parsed.render_as_string(hide_password=True)
+        self.shown_url = display_url(url)  # as configured: no password, no query values
         self.engine = make_engine(parsed)  # the ledger is private: 0600, -wal/-shm follow the main file
         if parsed.get_backend_name() == "sqlite":
             _sqlite_pragmas(self.engine)

@@ -39,6 +39,7 @@ from popflow.durations import Duration, Timeout
 from popflow.errors import ConfigError, DeadLetterError, DeliveryError, RetryableError
 from popflow.message import Message
 from popflow.migrate import current_revision, head_revision, upgrade
+from popflow.redact import display_url
 from popflow.sinks.base import Sink
 from popflow.sinks.db_blobs import insert_attachments, prepare, streams, write_blobs
 from popflow.sinks.db_rows import LargeValue, attachment_rows, message_row
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 """The sink's Alembic script directory."""
 
-_SECRET_QUERY_KEYS = ("pass", "secret", "token", "key")
 _MYSQL_DUPLICATE_KEY = 1062
 _MYSQL_PACKET_TOO_LARGE = 1153
 _MYSQL_ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")  # in text, each becomes two bytes
@@ -93,10 +93,8 @@ class DatabaseConfig(SinkSettings):
 
 
 def safe_url(url: URL) -> str:
-    """``url`` for humans: password masked, secret-looking query values masked."""
-    query = {key: ("***" if any(word in key.lower() for word in _SECRET_QUERY_KEYS) else item)
-             for key, item in url.query.items()}
-    return url.set(query=query).render_as_string(hide_password=True)
+    """``url`` for humans, the one way popflow shows a URL (:func:`popflow.redact.display_url`)."""
+    return display_url(url.render_as_string(hide_password=False))
 
 
 def mysql_statement_size(row: dict[str, Any]) -> int:
