@@ -25,8 +25,9 @@ from tests.support.pipeline import sample_message, write_config
 pytestmark = pytest.mark.timeout(120)
 
 COUNT = 40
-SLOW = Reply(delay=0.05)
-"""Every POST takes a while, so the first poll (one batch) is still delivering when the second lists."""
+SLOW = Reply(delay=0.2)
+"""Every POST takes a while, so the first poll (one batch) is still delivering when the second lists,
+even when a loaded machine takes seconds to start the second process (40 × 0.2 s)."""
 BUSY = "is being polled by another popflow process"
 
 
@@ -56,7 +57,7 @@ def test_a_second_poll_of_a_source_being_polled_refuses_and_nothing_is_posted_tw
         first = start_poll(config, log)
         try:
             assert wait_for_text(log, READY_MARK, first), log.read_text()
-            assert first.poll() is None  # the first poll is in its POP3 session (40 POSTs of 50 ms to go)
+            assert first.poll() is None  # the first poll is in its POP3 session (40 POSTs of 0.2 s to go)
             second = subprocess.run(popflow_command(config, "poll"), cwd=tmp_path,
                                     capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
             finished = kill_after(first, 60, log)
