@@ -48,7 +48,7 @@ from popflow.state_writes import insert_deliveries, upsert_ledger
 metadata = MetaData()
 
 SCHEMA_LOCATION = "popflow:state_migrations"
-SCHEMA_HEAD = "s0003"
+SCHEMA_HEAD = "s0004"
 """The newest state-store migration; a store at this revision is used without loading Alembic."""
 VERSION_TABLE = "popflow_state_version"
 
@@ -153,6 +153,7 @@ runs = Table(
     Column("status", String(16)),
     Column("counts", JSON),
     Column("error", Text),
+    Index("popflow_runs_source", "source", "id"),  # each source's latest runs (status, metrics)
 )
 
 LIVE_STATES = ("handled", "skipped")
