@@ -132,23 +132,29 @@ class Deliverer:
                 if sink_name in slow:
                     slow[sink_name].append((delivery, None))
                     continue
-                try:
-                    runner.ensure_open()
-                    runner.sink.write(delivery.message)
-                    pending[sink_name].append(delivery)
-                except Exception as exc:
-                    log.info("sink %s: write of %s failed (%s); retrying one by one", sink_name, delivery.uidl,
-                             describe_error(exc))
-                    slow[sink_name] = self._after_fast_failure(runner, pending.pop(sink_name, []))
-                    slow[sink_name].append((delivery, exc))
+                # What a sink logs while it writes carries its name (JSON logs), as on the slow path.
+                with log_fields(sink=sink_name, uidl=delivery.uidl):
+                    try:
+                        runner.ensure_open()
+                        runner.sink.write(delivery.message)
+                        pending[sink_name].append(delivery)
+                    except Exception as exc:
+                        log.info("sink %s: write of %s failed (%s); retrying one by one", sink_name, delivery.uidl,
+                                 describe_error(exc))
+                        slow[sink_name] = self._after_fast_failure(runner, pending.pop(sink_name, []))
+                        slow[sink_name].append((delivery, exc))
         for sink_name, batch in pending.items():
             runner = self.runners[sink_name]
-            try:
-                runner.sink.commit()
-            except Exception as exc:
-                log.info("sink %s: commit of %d message(s) failed (%s); retrying one by one", sink_name,
-                         len(batch), describe_error(exc))
-                runner.safe_rollback()
+            with log_fields(sink=sink_name):
+                try:
+                    runner.sink.commit()
+                    committed = True
+                except Exception as exc:
+                    log.info("sink %s: commit of %d message(s) failed (%s); retrying one by one", sink_name,
+                             len(batch), describe_error(exc))
+                    runner.safe_rollback()
+                    committed = False
+            if not committed:
                 slow[sink_name] = [(delivery, None) for delivery in batch] + slow.get(sink_name, [])
                 continue
             for delivery in batch:

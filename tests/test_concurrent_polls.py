@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 COUNT = 40
 SLOW = Reply(delay=0.2)
 """Every POST takes a while, so the first poll (one batch) is still delivering when the second lists,
-even when a loaded machine takes seconds to start the second process (40 × 0.2 s)."""
+even when a loaded machine takes seconds to start the second process (40 x 0.2 s)."""
 BUSY = "is being polled by another popflow process"
 
 

@@ -7,6 +7,8 @@ rest of the batch, and the ledger records handled messages with their sinks in o
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from popflow import Message, Sink, hookimpl
 from popflow.app import App
 from popflow.config import load_config
+from popflow.logs import JsonFormatter
 from popflow.outcome import Delivery
 from popflow.raw import RawMessage
 from popflow.sources.base import Listing
@@ -170,3 +174,53 @@ def test_record_deliveries_keeps_the_ledger_row(two_folders: App) -> None:
         deliverer.close()
     assert two_folders.state.deliveries_pending(SOURCE, ["u1"]).get("u1") == {"a", "b"}
     assert two_folders.state.ledger_for(SOURCE) == {}
+
+
+class ChattySink(Sink):
+    """Logs while it writes and commits, as a real sink's driver or plugin code may."""
+
+    def write(self, message: Message) -> None:
+        logging.getLogger("tests.chatty").info("writing %s", message.uidl)
+
+    def commit(self) -> None:
+        logging.getLogger("tests.chatty").info("committing")
+
+
+class ChattyPlugin:
+    @hookimpl
+    def popflow_register_sinks(self, register: Any) -> None:
+        register("chatty", ChattySink)
+
+
+class JsonLines(logging.Handler):
+    """Formats each record as it is emitted, in the logging thread, as popflow's own handler does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+def test_what_a_sink_logs_on_the_fast_path_names_the_sink(tmp_path: Path) -> None:
+    config = {"state": "sqlite:///state.db", "data_dir": "./data", "sinks": {"talk": {"type": "chatty"}},
+              "routes": [{"sinks": ["talk"]}]}
+    path = tmp_path / "popflow.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    app = App(load_config(path), extra_plugins=[ChattyPlugin()])
+    handler = JsonLines()
+    logger = logging.getLogger("tests.chatty")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        app.prepare_data_dir()
+        (outcome,) = deliver(app, [delivery(app, 0)])
+    finally:
+        logger.removeHandler(handler)
+        app.close()
+    assert outcome.kind == "delivered"
+    assert [line["message"] for line in handler.lines] == ["writing u0", "committing"]
+    assert [line.get("sink") for line in handler.lines] == ["talk", "talk"]
+    assert handler.lines[0].get("uidl") == "u0"
