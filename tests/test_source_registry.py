@@ -236,7 +236,7 @@ def test_a_wrong_or_missing_key_is_a_clear_error(tmp_path: Path, state_url: str,
     assert_no_password([wrong, missing, garbage, rotated], state_url, tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["poll", "rotated"])
+@pytest.mark.parametrize("mode", ["poll", "rotated", "run"])
 def test_registry_source_polled_from_dovecot(tmp_path: Path, state_url: str, key: str,
                                              dovecot_server: DovecotServer, mode: str) -> None:
     box = dovecot_server.add_user(f"reg{os.urandom(3).hex()}", PASSWORD)
@@ -246,6 +246,21 @@ def test_registry_source_polled_from_dovecot(tmp_path: Path, state_url: str, key
     add = ok(popflow(config, "sources", "add", "customer-1", "--host", box.host, "--port", str(box.tls_port),
                      "--ca-file", str(box.ca_file), "--username", box.username, "--password-file", "-",
                      key=key, stdin=PASSWORD + "\n"))
+    if mode == "run":  # the local executor's scheduler: registry sources are scheduled like YAML ones
+        os.environ["POPFLOW_SECRET_KEY"] = key
+        try:
+            runner = Proc.start("run", config, "run")
+        finally:
+            os.environ.pop("POPFLOW_SECRET_KEY", None)
+        try:
+            wait_until(lambda: box.count() == 0, 60, what="popflow run to drain the registry source")
+        finally:
+            assert runner.terminate() == 0, runner.log()[-2000:]
+        log = runner.log()
+        assert "poll customer-1: fetched=3 delivered=3" in log, log[-2000:]
+        assert all(form not in log for form in forms(PASSWORD))
+        assert len(list((tmp_path / "out").glob("*/*"))) == 3
+        return
     polled = ok(popflow(config, "poll", key=key))
     assert "poll customer-1: fetched=3 delivered=3" in polled.stderr, polled.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("*/*"))) == 3
