@@ -329,3 +329,37 @@ def test_registry_sources_on_celery_workers(tmp_path: Path, key: str, dovecot_se
     for box in boxes:
         for form in forms(box.password):
             assert all(form not in text for text in logs.values()), form
+
+
+def test_a_task_for_a_disabled_or_removed_source_polls_nothing(tmp_path: Path, key: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll task enqueued before `sources disable`/`remove` is dropped by the worker, not run."""
+    from popflow.app import App
+    from popflow.config import load_config
+    from popflow.executors.task import PollTask
+    from popflow.executors.ticks import TickBook
+
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    config = write_config(tmp_path, state, executor={"type": "celery", "broker": "memory://"})
+    # Port 9 on loopback: a poll that did run would fail to connect and say so in its status.
+    for name in ("off", "gone"):
+        ok(popflow(config, "sources", "add", name, "--host", "127.0.0.1", "--port", "9", "--tls", "none",
+                   "--allow-insecure", "--username", "u", "--password-env", "X", key=key, X=PASSWORD))
+    monkeypatch.setenv("POPFLOW_SECRET_KEY", key)
+    monkeypatch.setattr("popflow.executors.task.REFRESH_EVERY", 0.0)  # else the worker's copy is trusted for 10 s
+    app = App(load_config(config))
+    try:
+        task = PollTask(app, app.config.executor)
+        assert {"off", "gone"} <= set(app.source_configs)
+        TickBook(app.state, "test", 60.0).claim([("off", 1000), ("gone", 1000)])
+        ok(popflow(config, "sources", "disable", "off", key=None))
+        ok(popflow(config, "sources", "remove", "gone", key=None))
+        assert task.run("off", 1000) == "gone"
+        assert task.run("gone", 1000) == "gone"
+        assert "gone" not in app.source_configs and not app.source_configs["off"][1].enabled
+    finally:
+        app.close()
+    engine = create_engine(state)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM popflow_runs")).scalar() == 0  # nothing polled
+    engine.dispose()
