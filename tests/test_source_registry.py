@@ -363,3 +363,23 @@ def test_a_task_for_a_disabled_or_removed_source_polls_nothing(tmp_path: Path, k
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM popflow_runs")).scalar() == 0  # nothing polled
     engine.dispose()
+
+
+def test_reprs_show_neither_keys_nor_tokens(tmp_path: Path, key: str) -> None:
+    from popflow.source_registry import RegistryKeys, SourceRegistry
+    from popflow.state import StateStore
+
+    keys = RegistryKeys([key.encode()], "test")
+    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        book = SourceRegistry(state)
+        book.add({"box": {"host": "h", "username": "u", "password": PASSWORD}}, keys)
+        (entry,) = book.entries()
+        token = str(entry.stored_secrets).split(":", 1)[1]
+        assert book.load(keys)["box"]["password"] == PASSWORD
+    finally:
+        state.close()
+    for text_ in (repr(keys), str(keys), repr(entry), str(entry.shown())):
+        assert key not in text_ and token not in text_
+        assert all(form not in text_ for form in forms(PASSWORD))
+    assert entry.secret_keys == ["password"] and "password" not in entry.options
