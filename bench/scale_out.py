@@ -322,7 +322,8 @@ def throughput(folder: Path, server: DovecotServer, boxes: list[DovecotServer], 
             procs += [Proc.start(f"worker{n}", config, "worker", "--concurrency", str(concurrency))
                       for n in range(workers)]
             procs.append(Proc.start("scheduler", config, "run"))
-            wait_until(lambda: scalar(state, "SELECT count(*) FROM popflow_runs") >= 2 * len(boxes), 120,
+            warm = 5 * workers * concurrency  # five polls per thread: imports, pools, TLS contexts
+            wait_until(lambda: scalar(state, "SELECT count(*) FROM popflow_runs") >= warm, 120,
                        what="the fleet to warm up")
             parts = {"workers": [p.pid for p in procs[:workers]], "scheduler": [procs[-1].pid]}
             dovecot_pid = server.master_pid()

@@ -107,10 +107,11 @@ class App:
 
     def validate_sources(self, entries: dict[str, dict[str, Any]]) -> dict[str, tuple[type, Any]]:
         """Validate registry sources as YAML ones are; a name the YAML file also defines is an error."""
-        for name in sorted(set(entries) & set(self.config.sources)):
-            raise ConfigError(f"source {name!r} is defined both in this file and in the source registry; "
-                              f"remove one (the YAML entry, or `popflow sources remove {name}`)",
-                              file=self.file, path=f"sources.{name}")
+        clash = sorted(set(entries) & set(self.config.sources))
+        if clash:
+            raise ConfigError(f"source {clash[0]!r} is defined both in this file and in the source registry; "
+                              f"remove one (the YAML entry, or `popflow sources remove {clash[0]}`)",
+                              file=self.file, path=f"sources.{clash[0]}")
         register_secrets(option_secrets(entries))
         validated = self._validate("sources", entries, self.pm.registry.source_type, "pop3", file=REGISTRY_FILE)
         register_secrets(secret for _, options in validated.values() for secret in option_secrets(options))
@@ -126,7 +127,8 @@ class App:
 
         One cheap query (row count, newest change) decides whether anything changed; with
         ``max_age``, not even that when the last look is more recent. A worker calls this before
-        each poll, so a password changed with ``popflow sources add --replace`` applies at once.
+        each poll (``max_age`` 10 s), so a password changed with ``popflow sources add --replace``
+        applies within seconds.
         """
         if self._state is None:
             _ = self.state  # opening it refreshes (and this returns below)

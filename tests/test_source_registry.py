@@ -236,7 +236,7 @@ def test_a_wrong_or_missing_key_is_a_clear_error(tmp_path: Path, state_url: str,
     assert_no_password([wrong, missing, garbage, rotated], state_url, tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["poll", "rotated"])
+@pytest.mark.parametrize("mode", ["poll", "rotated", "run"])
 def test_registry_source_polled_from_dovecot(tmp_path: Path, state_url: str, key: str,
                                              dovecot_server: DovecotServer, mode: str) -> None:
     box = dovecot_server.add_user(f"reg{os.urandom(3).hex()}", PASSWORD)
@@ -246,6 +246,21 @@ def test_registry_source_polled_from_dovecot(tmp_path: Path, state_url: str, key
     add = ok(popflow(config, "sources", "add", "customer-1", "--host", box.host, "--port", str(box.tls_port),
                      "--ca-file", str(box.ca_file), "--username", box.username, "--password-file", "-",
                      key=key, stdin=PASSWORD + "\n"))
+    if mode == "run":  # the local executor's scheduler: registry sources are scheduled like YAML ones
+        os.environ["POPFLOW_SECRET_KEY"] = key
+        try:
+            runner = Proc.start("run", config, "run")
+        finally:
+            os.environ.pop("POPFLOW_SECRET_KEY", None)
+        try:
+            wait_until(lambda: box.count() == 0, 60, what="popflow run to drain the registry source")
+        finally:
+            assert runner.terminate() == 0, runner.log()[-2000:]
+        log = runner.log()
+        assert "poll customer-1: fetched=3 delivered=3" in log, log[-2000:]
+        assert all(form not in log for form in forms(PASSWORD))
+        assert len(list((tmp_path / "out").glob("*/*"))) == 3
+        return
     polled = ok(popflow(config, "poll", key=key))
     assert "poll customer-1: fetched=3 delivered=3" in polled.stderr, polled.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("*/*"))) == 3
@@ -314,3 +329,57 @@ def test_registry_sources_on_celery_workers(tmp_path: Path, key: str, dovecot_se
     for box in boxes:
         for form in forms(box.password):
             assert all(form not in text for text in logs.values()), form
+
+
+def test_a_task_for_a_disabled_or_removed_source_polls_nothing(tmp_path: Path, key: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll task enqueued before `sources disable`/`remove` is dropped by the worker, not run."""
+    from popflow.app import App
+    from popflow.config import load_config
+    from popflow.executors.task import PollTask
+    from popflow.executors.ticks import TickBook
+
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    config = write_config(tmp_path, state, executor={"type": "celery", "broker": "memory://"})
+    # Port 9 on loopback: a poll that did run would fail to connect and say so in its status.
+    for name in ("off", "gone"):
+        ok(popflow(config, "sources", "add", name, "--host", "127.0.0.1", "--port", "9", "--tls", "none",
+                   "--allow-insecure", "--username", "u", "--password-env", "X", key=key, X=PASSWORD))
+    monkeypatch.setenv("POPFLOW_SECRET_KEY", key)
+    monkeypatch.setattr("popflow.executors.task.REFRESH_EVERY", 0.0)  # else the worker's copy is trusted for 10 s
+    app = App(load_config(config))
+    try:
+        task = PollTask(app, app.config.executor)
+        assert {"off", "gone"} <= set(app.source_configs)
+        TickBook(app.state, "test", 60.0).claim([("off", 1000), ("gone", 1000)])
+        ok(popflow(config, "sources", "disable", "off", key=None))
+        ok(popflow(config, "sources", "remove", "gone", key=None))
+        assert task.run("off", 1000) == "gone"
+        assert task.run("gone", 1000) == "gone"
+        assert "gone" not in app.source_configs and not app.source_configs["off"][1].enabled
+    finally:
+        app.close()
+    engine = create_engine(state)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM popflow_runs")).scalar() == 0  # nothing polled
+    engine.dispose()
+
+
+def test_reprs_show_neither_keys_nor_tokens(tmp_path: Path, key: str) -> None:
+    from popflow.source_registry import RegistryKeys, SourceRegistry
+    from popflow.state import StateStore
+
+    keys = RegistryKeys([key.encode()], "test")
+    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        book = SourceRegistry(state)
+        book.add({"box": {"host": "h", "username": "u", "password": PASSWORD}}, keys)
+        (entry,) = book.entries()
+        token = str(entry.stored_secrets).split(":", 1)[1]
+        assert book.load(keys)["box"]["password"] == PASSWORD
+    finally:
+        state.close()
+    for text_ in (repr(keys), str(keys), repr(entry), str(entry.shown())):
+        assert key not in text_ and token not in text_
+        assert all(form not in text_ for form in forms(PASSWORD))
+    assert entry.secret_keys == ["password"] and "password" not in entry.options

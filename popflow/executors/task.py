@@ -44,9 +44,9 @@ class PollTask:
             self.app.refresh_sources(max_age=0.0 if source not in self.app.source_configs else REFRESH_EVERY)
         except Exception as exc:  # the registry cannot be read: poll with what this worker has
             log.warning("cannot reload the source registry: %s", " ".join(str(exc).split())[:200])
-        if source not in self.app.source_configs:
-            log.warning("poll %s: no such source here (removed from the registry, or a config that differs "
-                        "from the scheduler's); task dropped", source)
+        if source not in self.app.source_configs or not self.app.source_configs[source][1].enabled:
+            log.warning("poll %s: no such enabled source here (removed from or disabled in the registry, or a "
+                        "config that differs from the scheduler's); task dropped", source)
             self.ticks.finish(source, tick, "gone")
             return "gone"
         if not self.ticks.start(source, tick):
