@@ -98,6 +98,21 @@ def served(server: Server, mode: Mode, utf8: bool = True) -> Served:
     return Served(uidls, sizes, bodies, capa)
 
 
+def lock_probe(server: Server, mode: Mode) -> str:
+    """Whether a second session can log in while one is open (RFC 1939 wants the maildrop locked)."""
+    first = connect(server, mode)
+    try:
+        try:
+            second = connect(server, mode)
+        except poplib.error_proto as exc:
+            return f"locks the maildrop ({exc.args[0]!r:.60})"
+        second.quit()
+        return "no maildrop lock: a second session logs in while one is open"
+    finally:
+        first.quit()
+        server.wait_idle()
+
+
 def popflow_config(folder: Path, server: Server, mode: Mode, keep: bool, every: str = "60s") -> Path:
     port = server.tls_port if mode.tls == "implicit" else server.port
     source: dict[str, Any] = {

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from interop.check import Outcome, run_mode, served
+from interop.check import Outcome, lock_probe, run_mode, served
 from interop.common import MailUser, TestCA, Unavailable
 from interop.messages import Message, all_messages, corpus_messages
 from interop.servers import SERVERS, Server
@@ -37,6 +37,9 @@ def run_server(cls: type[Server], user: MailUser, ca: TestCA, work: Path) -> tup
         return server, outcomes, str(exc)
     try:
         messages = _check_unservable(server, messages)
+        if cls.modes[0].check == "keep-delete":
+            server.fill(messages)
+            server.notes.append(lock_probe(server, cls.modes[0]))
         for mode in cls.modes:
             try:
                 outcomes.append(run_mode(server, mode, messages, folder))

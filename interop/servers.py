@@ -376,7 +376,7 @@ EVENTS {{
         wait_listening(self.tls_port, process=self._process)
 
     def fill(self, messages: list[Message]) -> None:
-        mailbox = f"user.{self.user.name}"
+        mailbox = f"user/{self.user.name}"  # unixhierarchysep is on by default in Cyrus 3
         self._as_cyrus([self._bin("ipurge"), "-C", str(self.config), "-f", "-b", "0", mailbox])
         for message in messages:
             result = self._as_cyrus([self._bin("deliver"), "-C", str(self.config), "-a", self.user.name,
