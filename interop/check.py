@@ -47,10 +47,14 @@ def connect(server: Server, mode: Mode) -> poplib.POP3:
         client = poplib.POP3_SSL("127.0.0.1", server.tls_port, timeout=30, context=context)
     else:
         client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+    try:
         if mode.tls == "starttls":
             client.stls(context=context)
-    client.user(server.user.name)
-    client.pass_(server.user.password)
+        client.user(server.user.name)
+        client.pass_(server.user.password)
+    except BaseException:
+        client.close()  # a refused login must not leave a session open (the server may lock)
+        raise
     return client
 
 

@@ -42,7 +42,10 @@ def run_server(cls: type[Server], user: MailUser, ca: TestCA, work: Path) -> tup
         messages = _check_unservable(server, messages)
         if cls.modes[0].check == "keep-delete":
             server.fill(messages)
-            server.notes.append(lock_probe(server, cls.modes[0]))
+            try:
+                server.notes.append(lock_probe(server, cls.modes[0]))
+            except (poplib.error_proto, OSError) as exc:
+                server.notes.append(f"lock probe failed: {exc}")
         for mode in cls.modes:
             try:
                 outcomes.append(run_mode(server, mode, messages, folder))
