@@ -127,7 +127,8 @@ class Solid(Server):
         binary = prefix / "usr/sbin/solid-pop3d"
         self.version = self.deb_version()
         store = self.store()
-        config = self.work / "spop3d.conf"
+        # solid-pop3d reads its config after dropping to spop3d: not from root's 0700 work folder.
+        config = STATE / "spop3d.conf"
         config.write_text(f"""<Global>
 \tMailDropName\t"{store}/%s"
 \tMailDropType\tmaildir
