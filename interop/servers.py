@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -206,8 +208,22 @@ class Courier(Server):
         write_maildir(self.user, self.maildir(), messages)
 
     def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
+        """End every process of the namespace: couriertcpd leaves its process group, so killing
+        the group alone leaves the STLS listener running."""
+        if self._process is None:
+            return
+        try:
+            namespace = os.readlink(f"/proc/{self._process.pid}/ns/mnt")
+        except OSError:
+            namespace = None
+        if namespace is not None and namespace != os.readlink("/proc/self/ns/mnt"):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) == self._process.pid:
+                    continue
+                with contextlib.suppress(OSError):
+                    if os.readlink(entry / "ns/mnt") == namespace:
+                        os.kill(int(entry.name), signal.SIGKILL)
+        stop_process(self._process)
 
 
 SERVERS: dict[str, type[Server]] = {cls.name: cls for cls in (Popa3d, Mailutils, Solid, Courier, Cyrus,
