@@ -53,11 +53,11 @@ clean:
 
 # The interop suite (docs/interop.md): real POP3 servers unpacked from Debian packages, run by hand on
 # loopback ports, polled by popflow in keep and delete modes. Needs root; not part of `make test`.
+# popa3d comes from scripts/setup-test-env.sh (make test's setup); its row says so if it is missing.
 #   make interop                          every server
 #   make interop INTEROP_SERVERS='mailutils solid'
 INTEROP_SERVERS ?=
 INTEROP_OUT ?= interop-matrix.md
 interop: setup
-	scripts/setup-test-env.sh
 	interop/fetch.sh
 	$(BIN)/python -m interop.run --out $(INTEROP_OUT) $(INTEROP_SERVERS)

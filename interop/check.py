@@ -47,10 +47,14 @@ def connect(server: Server, mode: Mode) -> poplib.POP3:
         client = poplib.POP3_SSL("127.0.0.1", server.tls_port, timeout=30, context=context)
     else:
         client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+    try:
         if mode.tls == "starttls":
             client.stls(context=context)
-    client.user(server.user.name)
-    client.pass_(server.user.password)
+        client.user(server.user.name)
+        client.pass_(server.user.password)
+    except BaseException:
+        client.close()  # a refused login must not leave a session open (the server may lock)
+        raise
     return client
 
 
@@ -96,6 +100,21 @@ def served(server: Server, mode: Mode, utf8: bool = True) -> Served:
         client.quit()
     server.wait_idle()
     return Served(uidls, sizes, bodies, capa)
+
+
+def lock_probe(server: Server, mode: Mode) -> str:
+    """Whether a second session can log in while one is open (RFC 1939 wants the maildrop locked)."""
+    first = connect(server, mode)
+    try:
+        try:
+            second = connect(server, mode)
+        except poplib.error_proto as exc:
+            return f"locks the maildrop ({exc.args[0]!r:.60})"
+        second.quit()
+        return "no maildrop lock: a second session logs in while one is open"
+    finally:
+        first.quit()
+        server.wait_idle()
 
 
 def popflow_config(folder: Path, server: Server, mode: Mode, keep: bool, every: str = "60s") -> Path:

@@ -10,6 +10,7 @@ A server that cannot be started is a row saying why; the exit status is 1 when a
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import poplib
 import sys
@@ -18,10 +19,12 @@ import time
 import traceback
 from pathlib import Path
 
-from interop.check import Outcome, run_mode, served
+from interop.check import Outcome, lock_probe, run_mode, served
 from interop.common import MailUser, TestCA, Unavailable
 from interop.messages import Message, all_messages, corpus_messages
 from interop.servers import SERVERS, Server
+
+LOCK = Path("/run/lock/popflow-interop.lock")
 
 
 def run_server(cls: type[Server], user: MailUser, ca: TestCA, work: Path) -> tuple[Server, list[Outcome], str]:
@@ -37,6 +40,12 @@ def run_server(cls: type[Server], user: MailUser, ca: TestCA, work: Path) -> tup
         return server, outcomes, str(exc)
     try:
         messages = _check_unservable(server, messages)
+        if cls.modes[0].check == "keep-delete":
+            server.fill(messages)
+            try:
+                server.notes.append(lock_probe(server, cls.modes[0]))
+            except (poplib.error_proto, OSError) as exc:
+                server.notes.append(f"lock probe failed: {exc}")
         for mode in cls.modes:
             try:
                 outcomes.append(run_mode(server, mode, messages, folder))
@@ -98,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = args.servers or list(SERVERS)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="popflow-interop-") as temporary:
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as lock, tempfile.TemporaryDirectory(prefix="popflow-interop-") as temporary:
+        try:  # one run at a time: a run sets the mail user's password and empties the stores
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another interop run holds {LOCK}", file=sys.stderr)
+            return 2
         work = Path(args.work or temporary)
         user = MailUser.ensure()
         ca = TestCA.create(work / "ca")

@@ -1,24 +1,17 @@
-"""The servers of the interop suite: how each is started, filled and stopped.
-
-A server class names its Debian package and the modes it supports (a :class:`Mode` is one way in:
-an auth mechanism over plain, STLS or implicit TLS). To add one: subclass :class:`Server`, implement
-``start`` / ``fill`` / ``stop``, and list it in :data:`SERVERS` (see docs/interop.md).
-"""
+"""The servers of the interop suite: how each is started, filled and stopped (see interop/base.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import signal
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
+from interop.base import Mode, Server, write_maildir
 from interop.common import (
-    PREFIX,
     STATE,
     MailUser,
-    TestCA,
     Unavailable,
     ensure_system_user,
     free_port,
@@ -27,82 +20,9 @@ from interop.common import (
     stop_process,
     wait_listening,
 )
+from interop.cyrus import Cyrus, CyrusLoginDelay
 from interop.messages import Message, mbox
 from tests.support.inetd import InetdListener
-
-
-@dataclass(frozen=True)
-class Mode:
-    """One way into a server: ``auth`` (popflow's setting) over ``tls`` (none, starttls, implicit)."""
-
-    auth: str
-    tls: str = "none"
-    check: str = "keep-delete"
-    """What interop/check.py runs: ``keep-delete`` (keep twice, then delete) or ``login-delay``."""
-
-    @property
-    def name(self) -> str:
-        name = self.auth if self.tls == "none" else f"{self.auth}+{'STLS' if self.tls == 'starttls' else 'TLS'}"
-        return name if self.check == "keep-delete" else f"{name} {self.check}"
-
-
-@dataclass
-class Server:
-    """A running server (after :meth:`start`): where it listens and whom it serves."""
-
-    name: ClassVar[str]
-    package: ClassVar[str]
-    modes: ClassVar[list[Mode]]
-    user: MailUser
-    ca: TestCA
-    work: Path
-    port: int = 0
-    tls_port: int = 0
-    version: str = "?"
-    notes: list[str] = field(default_factory=list)
-    """Quirks or limits of this setup, for the matrix."""
-    unservable: ClassVar[dict[str, str]] = {}
-    """Messages (by name) this server refuses to serve at all, and what it does: the driver checks
-    that claim with the full set first, then runs the modes without them."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def fill(self, messages: list[Message]) -> None:
-        """Replace the maildrop with ``messages`` (only between sessions)."""
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def wait_idle(self) -> None:
-        """Return once no session runs (a server may rewrite its store as a session ends)."""
-
-    def prefix(self) -> Path:
-        path = PREFIX / self.name
-        if not (path / ".popflow-interop").is_file():
-            raise Unavailable(f"not unpacked in {path} (run interop/fetch.sh {self.name})")
-        return path
-
-    def deb_version(self) -> str:
-        for line in (self.prefix() / ".popflow-interop").read_text().splitlines():
-            if line.startswith(self.package + "_"):
-                return line.split("_")[1]
-        return "?"
-
-    def store(self) -> Path:
-        """This server's mail folder (owned by the mail user)."""
-        return self.user.own_dir(STATE / self.name, 0o700)
-
-
-def write_maildir(user: MailUser, folder: Path, messages: list[Message]) -> None:
-    """``folder`` as a fresh Maildir holding ``messages`` in ``new/``, in order."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    for sub in ("", "tmp", "new", "cur"):
-        user.own_dir(folder / sub)
-    for index, message in enumerate(messages):
-        user.write(folder / "new" / f"{1796300000 + index}.P{index}Q1.interop", message.data)
 
 
 class Popa3d(Server):
@@ -209,7 +129,8 @@ class Solid(Server):
         binary = prefix / "usr/sbin/solid-pop3d"
         self.version = self.deb_version()
         store = self.store()
-        config = self.work / "spop3d.conf"
+        # solid-pop3d reads its config after dropping to spop3d: not from root's 0700 work folder.
+        config = STATE / "spop3d.conf"
         config.write_text(f"""<Global>
 \tMailDropName\t"{store}/%s"
 \tMailDropType\tmaildir
@@ -287,118 +208,22 @@ class Courier(Server):
         write_maildir(self.user, self.maildir(), messages)
 
     def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-
-
-class Cyrus(Server):
-    """Cyrus pop3d 3.6.1 under its own master (alternate imapd.conf and cyrus.conf, everything in a
-    private folder owned by the user cyrus); passwords in a private sasldb; mail delivered with
-    Cyrus's ``deliver`` over LMTP (mailbox created by ``autocreate_post``), emptied with ``ipurge``."""
-
-    name = "cyrus"
-    package = "cyrus-pop3d"
-    modes = [Mode("user"), Mode("apop"), Mode("plain"), Mode("user", "starttls"), Mode("plain", "implicit")]
-    login_delay: ClassVar[int] = 0
-    """imapd.conf's popminpoll in minutes (CAPA ``LOGIN-DELAY`` is 60 times it)."""
-    _process: subprocess.Popen[bytes] | None = None
-    config: Path = Path("/nonexistent")
-
-    def _bin(self, program: str) -> str:
-        return str(self.prefix() / "usr/lib/cyrus/bin" / program)
-
-    def _as_cyrus(self, command: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["runuser", "-u", "cyrus", "--", *command], input=stdin, capture_output=True,
-                              env=lib_env(self.prefix()), timeout=60, check=False)
-
-    def start(self) -> None:
-        prefix = self.prefix()
-        self.version = self.deb_version()
-        cyrus = ensure_system_user("cyrus", Path("/var/lib/cyrus"))
-        root = STATE / "cyrus-root"
-        if root.exists():
-            shutil.rmtree(root)
-        for sub in ("config", "spool", "run", "run/proc", "run/lock", "run/socket", "tls"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        for source, target in ((self.ca.cert_file, "tls/cert.pem"), (self.ca.key_file, "tls/key.pem")):
-            (root / target).write_bytes(source.read_bytes())
-        self.port, self.tls_port = free_port(), free_port()
-        self.config = root / "imapd.conf"
-        self.config.write_text(f"""configdirectory: {root}/config
-partition-default: {root}/spool
-defaultpartition: default
-proc_path: {root}/run/proc
-mboxname_lockpath: {root}/run/lock
-lmtpsocket: {root}/run/socket/lmtp
-idlesocket: {root}/run/socket/idle
-notifysocket: {root}/run/socket/notify
-servername: interop
-admins: cyrus
-allowplaintext: yes
-allowapop: yes
-popminpoll: {self.login_delay}
-duplicatesuppression: 0
-autocreate_post: 1
-autocreate_quota: 0
-lmtp_downcase_rcpt: yes
-sasl_pwcheck_method: auxprop
-sasl_auxprop_plugin: sasldb
-sasl_sasldb_path: {root}/config/sasldb2
-sasl_mech_list: PLAIN
-tls_server_cert: {root}/tls/cert.pem
-tls_server_key: {root}/tls/key.pem
-syslog_prefix: popflow-interop-cyrus
-""")
-        # master does not hand its -C to the programs it starts: each command names the config.
-        (root / "cyrus.conf").write_text(f"""START {{
-  recover cmd="{self._bin('ctl_cyrusdb')} -C {self.config} -r"
-}}
-SERVICES {{
-  pop3 cmd="{self._bin('pop3d')} -C {self.config}" listen="127.0.0.1:{self.port}" prefork=0 maxchild=20
-  pop3s cmd="{self._bin('pop3d')} -C {self.config} -s" listen="127.0.0.1:{self.tls_port}" prefork=0 maxchild=20
-  lmtpunix cmd="{self._bin('lmtpd')} -C {self.config}" listen="{root}/run/socket/lmtp" prefork=0 maxchild=5
-}}
-EVENTS {{
-}}
-""")
-        run(["chown", "-R", f"{cyrus.pw_uid}:{cyrus.pw_gid}", str(root)])
-        (root / "tls/key.pem").chmod(0o600)
-        password = self._as_cyrus([str(prefix / "usr/sbin/saslpasswd2"), "-p", "-c", "-f",
-                                   f"{root}/config/sasldb2", "-u", "interop", self.user.name],
-                                  stdin=self.user.password.encode())
-        if password.returncode != 0:
-            raise Unavailable(f"saslpasswd2 failed: {password.stderr.decode(errors='replace').strip()}")
-        log = open(self.work / "cyrus.log", "ab")  # noqa: SIM115 - the daemon keeps it open
-        self._process = subprocess.Popen(
-            [self._bin("master"), "-C", str(self.config), "-M", str(root / "cyrus.conf"), "-p",
-             str(root / "run/master.pid")], stdout=log, stderr=log, env=lib_env(prefix), start_new_session=True)
-        wait_listening(self.port, process=self._process)
-        wait_listening(self.tls_port, process=self._process)
-
-    def fill(self, messages: list[Message]) -> None:
-        mailbox = f"user.{self.user.name}"
-        self._as_cyrus([self._bin("ipurge"), "-C", str(self.config), "-f", "-b", "0", mailbox])
-        for message in messages:
-            result = self._as_cyrus([self._bin("deliver"), "-C", str(self.config), "-a", self.user.name,
-                                     "-r", "sender@example.com", self.user.name], stdin=message.data)
-            if result.returncode != 0:
-                self.notes.append(f"deliver refused {message.name}: "
-                                  f"{result.stdout.decode(errors='replace').strip()[:120]}")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-
-
-class CyrusLoginDelay(Cyrus):
-    """Cyrus with Debian's default ``popminpoll: 1``: CAPA ``LOGIN-DELAY 60``, enforced."""
-
-    name = "cyrus-login-delay"
-    modes = [Mode("user", check="login-delay")]
-    login_delay = 1
-
-    def prefix(self) -> Path:
-        return Cyrus(user=self.user, ca=self.ca, work=self.work).prefix()
+        """End every process of the namespace: couriertcpd leaves its process group, so killing
+        the group alone leaves the STLS listener running."""
+        if self._process is None:
+            return
+        try:
+            namespace = os.readlink(f"/proc/{self._process.pid}/ns/mnt")
+        except OSError:
+            namespace = None
+        if namespace is not None and namespace != os.readlink("/proc/self/ns/mnt"):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) == self._process.pid:
+                    continue
+                with contextlib.suppress(OSError):
+                    if os.readlink(entry / "ns/mnt") == namespace:
+                        os.kill(int(entry.name), signal.SIGKILL)
+        stop_process(self._process)
 
 
 SERVERS: dict[str, type[Server]] = {cls.name: cls for cls in (Popa3d, Mailutils, Solid, Courier, Cyrus,
