@@ -25,7 +25,7 @@ from popflow.config import parse_config
 from popflow.ops.listen import ListenAddress
 from popflow.ops.server import OpsServer
 from popflow.ops.snapshot import source_status
-from popflow.state import runs
+from popflow.state_tables import runs
 
 
 def main() -> None:

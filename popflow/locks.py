@@ -29,7 +29,9 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from popflow.processes import Owner, new_owner
-from popflow.state import StateStore, as_aware, locks, now
+from popflow.state import StateStore
+from popflow.state_tables import locks
+from popflow.timestamps import as_aware, now
 
 log = logging.getLogger(__name__)
 

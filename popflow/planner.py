@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from popflow.sources.base import Listing
-from popflow.state import LedgerRow, StateStore, now
+from popflow.state import LedgerRow, StateStore
+from popflow.timestamps import now
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ class StateRawStore(MessageStore):
     def put(self, raw: RawMessage, details: dict[str, Any] | None = None) -> Path:
         """Store raw bytes once per SHA-256 (a second copy of the same bytes is a no-op); returns where."""
         from popflow.shared_tables import raw_messages
-        from popflow.state import now
+        from popflow.timestamps import now
 
         if self.has(raw.sha256):
             return Path(self.where(raw.sha256))

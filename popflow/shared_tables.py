@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, String, Table, Text
 
 from popflow.sql import long_binary
-from popflow.state import _key, metadata
+from popflow.state_tables import _key, metadata
 
 schedule = Table(
     "popflow_schedule", metadata,

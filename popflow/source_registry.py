@@ -32,7 +32,8 @@ from sqlalchemy import delete, func, insert, select, update
 from popflow.errors import ConfigError
 from popflow.redact import MASK, SECRET_KEYS
 from popflow.shared_tables import registry
-from popflow.state import StateStore, now
+from popflow.state import StateStore
+from popflow.timestamps import now
 
 KEY_ENV = "POPFLOW_SECRET_KEY"
 """Environment variable holding the registry key(s): Fernet keys, comma-separated, first encrypts."""

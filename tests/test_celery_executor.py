@@ -26,7 +26,9 @@ from kombu import Connection
 from sqlalchemy import create_engine, insert, text
 
 from popflow.executors.ticks import TickBook
-from popflow.state import StateStore, locks, now
+from popflow.state import StateStore
+from popflow.state_tables import locks
+from popflow.timestamps import now
 from tests.support.dovecot import DovecotServer, free_port
 from tests.support.pipeline import sample_message
 from tests.support.scaleout import Proc, broker_url, pg_schema, purge_queue, queue_name, wait_until

@@ -21,7 +21,9 @@ from sqlalchemy import insert
 
 from popflow.locks import Lease, LockBusy
 from popflow.processes import this_host
-from popflow.state import StateStore, locks, now
+from popflow.state import StateStore
+from popflow.state_tables import locks
+from popflow.timestamps import now
 
 pytestmark = pytest.mark.timeout(60)
 

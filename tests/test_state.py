@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from popflow.state import SCHEMA_HEAD, VERSION_TABLE, HandledMessage, StateStore, StateStoreError, metadata
+from popflow.state import SCHEMA_HEAD, VERSION_TABLE, HandledMessage, StateStore, StateStoreError
+from popflow.state_tables import metadata
 from tests.support.databases import SERVER_URLS, drop_state_tables, require_server, sqlite_shape
 
 

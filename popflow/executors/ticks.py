@@ -29,7 +29,9 @@ from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from popflow.shared_tables import schedule
-from popflow.state import StateStore, locks, now
+from popflow.state import StateStore
+from popflow.state_tables import locks
+from popflow.timestamps import now
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from popflow.state import StateStore, as_aware, dead_letters, quarantine, runs
+from popflow.state import StateStore
+from popflow.state_tables import dead_letters, quarantine, runs
+from popflow.timestamps import as_aware
 
 SUCCEEDED = ("ok", "partial")
 RECENT = 50

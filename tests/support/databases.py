@@ -35,7 +35,8 @@ import pytest
 from sqlalchemy import Engine, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
-from popflow.state import VERSION_TABLE, metadata
+from popflow.state import VERSION_TABLE
+from popflow.state_tables import metadata
 
 SERVER_URLS = {
     "postgresql": os.environ.get("POPFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
