@@ -76,15 +76,17 @@ def test_a_command_that_succeeds_closes_the_app_once(tmp_path: Path) -> None:
 
 
 def test_the_poll_table_shows_messages_no_route_sent_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    from popflow.cli.common import console
-    from popflow.cli.poll import print_summary
+    from rich.console import Console
+
+    from popflow.cli import poll as poll_module
     from popflow.outcome import PollCounts
     from popflow.poller import PollReport
 
     report = PollReport("inbox", PollCounts(fetched=5, delivered=2, no_route=3))
-    monkeypatch.setattr(console, "width", 200)  # no column names cut short
-    with console.capture() as captured:
-        print_summary([report])
+    wide = Console(width=200)  # no column names cut short; the shared console is left alone
+    monkeypatch.setattr(poll_module, "console", wide)
+    with wide.capture() as captured:
+        poll_module.print_summary([report])
     text = captured.get()
     header = next(line for line in text.splitlines() if "source" in line)
     row = next(line for line in text.splitlines() if "inbox" in line)
