@@ -66,6 +66,9 @@ class PollScheduler:
         self.login_delays = LoginDelays(self.scheduler, app.context, trigger_for)
         """Keeps each job no more frequent than its server's LOGIN-DELAY (:mod:`popflow.login_delays`)."""
         self._running: set[str] = set()
+        self._in_flight = 0
+        """Jobs inside :meth:`poll_once`; :meth:`stop` waits for none, without holding APScheduler's locks."""
+        self._idle = threading.Condition()
         self._woken: set[str] = set()
         """Sources woken (:meth:`wake`) while their poll ran: polled again once it ends."""
 
@@ -127,6 +130,16 @@ class PollScheduler:
 
     def poll_once(self, name: str) -> PollReport | None:
         """The job: one poll of one source. Never raises, so one source cannot disturb another."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._poll_once(name)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _poll_once(self, name: str) -> PollReport | None:
         if self.app.context.stop.is_set():
             return None  # a tick that fired while we were stopping
         with self._lock:
@@ -156,10 +169,18 @@ class PollScheduler:
         return f"at {when:%H:%M:%S}" if when else "on its schedule"
 
     def stop(self, wait: bool = True) -> None:
-        """Ask running polls to finish the message in hand and QUIT, then stop scheduling."""
+        """Ask running polls to finish the message in hand and QUIT, then stop scheduling.
+
+        APScheduler's ``shutdown(wait=True)`` holds its job-store lock while it waits for running
+        jobs, and a poll ending calls ``get_job`` (LOGIN-DELAY, the retry message): a deadlock. So
+        the scheduler stops without waiting, and this waits for the polls itself.
+        """
         self.app.context.stop.set()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=wait)
+            self.scheduler.shutdown(wait=False)
+        if wait:
+            with self._idle:
+                self._idle.wait_for(lambda: self._in_flight == 0)
 
     def next_run_times(self) -> dict[str, Any]:
         """When each source polls next (None once stopped)."""

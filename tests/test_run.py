@@ -299,6 +299,39 @@ def test_a_poll_that_raises_is_retried_and_others_keep_polling(caplog: pytest.Lo
     assert scheduler.reports["good"].clean
 
 
+class GatedApp(FakeApp):
+    """A poll that runs until the test releases it, then reports a failure (as a refused login does)."""
+
+    def __init__(self, sources: dict[str, dict[str, Any]]) -> None:
+        super().__init__(sources)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def poll(self, name: str) -> PollReport:
+        """Wait for the release, then fail."""
+        super().poll(name)
+        self.entered.set()
+        assert self.release.wait(30)
+        return PollReport(name, error="server said no")
+
+
+def test_stop_waits_for_a_running_poll_that_fails_without_deadlocking() -> None:
+    # APScheduler's shutdown(wait=True) holds its job-store lock while it waits, and a failed poll
+    # asks the scheduler for its next run time: stop() must not wait inside shutdown().
+    app = GatedApp({"box": {"every": "1h"}})
+    scheduler = PollScheduler(app)  # type: ignore[arg-type]
+    scheduler.start()
+    assert app.entered.wait(5)
+    stopper = threading.Thread(target=scheduler.stop, daemon=True)
+    stopper.start()
+    time.sleep(0.3)
+    assert stopper.is_alive()  # stop() waits for the poll in hand
+    app.release.set()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stop() deadlocked with the poll that was ending"
+    assert scheduler.reports["box"].error == "server said no"
+
+
 def test_stop_sets_the_stop_event_and_later_ticks_do_nothing() -> None:
     app = FakeApp({"box": {"every": "1s"}})
     scheduler = PollScheduler(app)  # type: ignore[arg-type]
