@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -25,6 +25,11 @@ from popflow.errors import ConfigError, PluginLoadError, StorageError
 from popflow.logs import setup_logging
 from popflow.state import StateStoreError
 from popflow.terminal import printable, stderr_is_terminal
+
+if TYPE_CHECKING:
+    from popflow.ops.listen import ListenAddress
+    from popflow.ops.server import OpsServer
+    from popflow.scheduler import PollScheduler
 
 log = logging.getLogger("popflow.cli")
 console = Console()
@@ -134,3 +139,23 @@ def stop_on_signals(stop: Callable[[], None], doing: str) -> Iterator[threading.
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def ops_server(app: App, scheduler: PollScheduler | None, listen: ListenAddress | None,
+               sources: list[str] | None = None) -> OpsServer | None:
+    """The metrics/status server when ``--http`` or ``http.listen`` asks for one, listening already
+    (``scheduler=None``, ``sources=[]`` for a worker: see :class:`~popflow.ops.server.OpsServer`)."""
+    from popflow.ops.listen import parse_listen
+    from popflow.ops.server import OpsServer
+
+    if listen is None and app.config.http is not None:
+        listen = parse_listen(app.config.http.listen)
+    if listen is None:
+        return None
+    ops = OpsServer(app, scheduler, listen, sources)
+    ops.attach()
+    try:
+        ops.start()
+    except OSError as exc:
+        fail(f"cannot listen on {listen} for --http: {exc.strerror or exc}", status=1)
+    return ops

@@ -12,17 +12,21 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from popflow.cli.common import config_option, console, fail, open_app, prepare_data_dir, stop_on_signals
+from popflow.cli.common import (
+    config_option,
+    console,
+    fail,
+    open_app,
+    ops_server,
+    prepare_data_dir,
+    stop_on_signals,
+)
 from popflow.errors import ConfigError, PluginLoadError
 from popflow.logs import setup_logging
 from popflow.terminal import printable
 
 if TYPE_CHECKING:
-    from popflow.app import App
     from popflow.demo.runner import DemoResult
-    from popflow.ops.listen import ListenAddress
-    from popflow.ops.server import OpsServer
-    from popflow.scheduler import PollScheduler
 
 log = logging.getLogger("popflow.run")
 
@@ -72,26 +76,6 @@ def run(ctx: click.Context, config_path: Path | None, http_listen: str | None) -
                 if ops is not None:
                     ops.close()
     log.info("popflow run: stopped")
-
-
-def ops_server(app: App, scheduler: PollScheduler | None, listen: ListenAddress | None,
-               sources: list[str] | None = None) -> OpsServer | None:
-    """The metrics/status server when ``--http`` or ``http.listen`` asks for one, listening already
-    (``scheduler=None``, ``sources=[]`` for a worker: see :class:`~popflow.ops.server.OpsServer`)."""
-    from popflow.ops.listen import parse_listen
-    from popflow.ops.server import OpsServer
-
-    if listen is None and app.config.http is not None:
-        listen = parse_listen(app.config.http.listen)
-    if listen is None:
-        return None
-    ops = OpsServer(app, scheduler, listen, sources)
-    ops.attach()
-    try:
-        ops.start()
-    except OSError as exc:
-        fail(f"cannot listen on {listen} for --http: {exc.strerror or exc}", status=1)
-    return ops
 
 
 # -- demo ----------------------------------------------------------------------------------------

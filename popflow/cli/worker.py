@@ -18,7 +18,15 @@ from pathlib import Path
 import click
 
 from popflow.app import App
-from popflow.cli.common import config_option, fail, open_app, prepare_data_dir, stop_on_signals, user_errors
+from popflow.cli.common import (
+    config_option,
+    fail,
+    open_app,
+    ops_server,
+    prepare_data_dir,
+    stop_on_signals,
+    user_errors,
+)
 from popflow.processes import this_host
 from popflow.redact import display_url
 
@@ -70,8 +78,6 @@ def worker(ctx: click.Context, config_path: Path | None, concurrency: int, node_
             loglevel=level, quiet=True, without_gossip=True, without_mingle=True,
             optimization="fair",  # hand a task to a thread only when it is free (with prefetch 1)
         )
-        from popflow.cli.run import ops_server
-
         # Only the polls this worker runs, series made as sources are polled (not one per source up
         # front: a fleet's registry may hold 100,000); /healthz is 503 once it stops.
         ops = ops_server(app, None, listen, sources=[])
