@@ -1,6 +1,8 @@
 """One poll of one source: list, decide, retrieve, run the pipeline, deliver, record, DELE, QUIT.
 
-Per batch: each retrieved message goes through :meth:`Pipeline.prepare
+One retrieval stream runs over the whole poll, so the next batch arrives while this one is
+delivered (the session reads ahead; see :mod:`popflow.sources.pop3_session`). Per batch: each
+retrieved message goes through :meth:`Pipeline.prepare
 <popflow.pipeline.Pipeline.prepare>` (a :class:`~popflow.outcome.Delivery` or a final
 :class:`~popflow.outcome.Outcome`), the deliveries through :meth:`Deliverer.deliver
 <popflow.delivery.Deliverer.deliver>`, every outcome into :meth:`Deliverer.record
@@ -13,9 +15,10 @@ dead-lettered) and the ledger has recorded it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from popflow.delivery import Deliverer
@@ -153,16 +156,7 @@ class Poller:
             if confirmed:
                 failed = session.delete(confirmed) or []
                 to_quit += [item.uidl for item in confirmed if item not in failed]
-            done = 0
-            for start in range(0, len(plan.fetch), self.batch_size):
-                if self.stop.is_set():
-                    report.stopped = True
-                    break
-                batch = plan.fetch[start:start + self.batch_size]
-                to_quit += self._run_batch(session, batch, counts)
-                done += len(batch)
-                if progress:
-                    progress(done, len(plan.fetch))
+            to_quit += self._run_batches(session, plan.fetch, counts, report, progress)
             report.stopped = report.stopped or self.stopped_early
             session.close(commit=True)  # QUIT: the server expunges what was deleted
             session = None
@@ -203,13 +197,41 @@ class Poller:
         if listing is not None:
             self._record_skipped([(listing, describe_error(exc))], outcome=MISBEHAVED)
 
-    def _run_batch(self, session: SourceSession, batch: list[Listing], counts: PollCounts) -> list[str]:
+    def _run_batches(self, session: SourceSession, fetch: list[Listing], counts: PollCounts, report: PollReport,
+                     progress: ProgressCallback | None) -> list[str]:
+        """Run every batch of ``fetch`` over one retrieval stream. Returns the DELE'd UIDLs.
+
+        One stream for the whole poll lets the session retrieve the next batch while this one is
+        written and recorded (see :mod:`popflow.sources.pop3_session`); a DELE still goes out only
+        after its batch is recorded.
+        """
+        deleted: list[str] = []
+        stream = session.retrieve_many(fetch)
+        try:
+            for start in range(0, len(fetch), self.batch_size):
+                if self.stop.is_set():
+                    report.stopped = True
+                    break
+                size = min(self.batch_size, len(fetch) - start)
+                deleted += self._run_batch(session, itertools.islice(stream, size), counts)
+                if progress:
+                    progress(start + size, len(fetch))
+                if self.stopped_early:
+                    break
+        finally:
+            close = getattr(stream, "close", None)  # a generator: reads what is still in flight
+            if close is not None:
+                close()
+        return deleted
+
+    def _run_batch(self, session: SourceSession, batch: Iterator[tuple[Listing, RawMessage | DeliveryError]],
+                   counts: PollCounts) -> list[str]:
         """Retrieve, process and deliver one batch; record it; DELE what was handled. Returns DELE'd UIDLs."""
         work = _Batch()
         lost: SourceConnectionError | None = None
         try:
             try:
-                self._retrieve(session, batch, counts, work)
+                self._retrieve(batch, counts, work)
             except SourceConnectionError as exc:
                 lost = exc  # deliver and record what arrived before the connection failed; no DELE
             delivered = self.deliverer.deliver([delivery for _, delivery in work.deliveries])
@@ -227,9 +249,10 @@ class Poller:
             for raw in work.raws:
                 raw.discard()
 
-    def _retrieve(self, session: SourceSession, batch: list[Listing], counts: PollCounts, work: _Batch) -> None:
-        """Retrieve the batch and run each message through the stages before delivery."""
-        for listing, fetched in session.retrieve_many(batch):
+    def _retrieve(self, batch: Iterator[tuple[Listing, RawMessage | DeliveryError]], counts: PollCounts,
+                  work: _Batch) -> None:
+        """Take the batch's messages from the stream and run each through the stages before delivery."""
+        for listing, fetched in batch:
             if isinstance(fetched, DeliveryError):
                 counts.errors += 1
                 log.warning("%s/%s could not be retrieved, left on the server: %s", self.source.name,

@@ -150,7 +150,7 @@ def test_handled_but_not_quit_is_deleted_without_redelivery(tmp_path: Path, serv
     session = poller.source.connect()
     plan, _confirmed = poller.plan(session, session.list_messages())
     counts = PollCounts()
-    poller._run_batch(session, plan.fetch, counts)
+    poller._run_batch(session, session.retrieve_many(plan.fetch), counts)
     session.close(commit=False)  # the connection dies: no QUIT, nothing expunged
     assert counts.delivered == 20
     assert len(server.messages()) == 20

@@ -360,7 +360,7 @@ def test_defaults() -> None:
     config = Pop3Config.model_validate(BASE)
     assert (config.tls, config.port, config.tls_verify) == ("implicit", 995, True)
     assert (config.auth, config.timeout) == ("auto", 30)
-    assert config.pipelining and config.pipeline_window == 64
+    assert config.pipelining and config.pipeline_window == 256
     assert Pop3Config.model_validate({**BASE, "tls": "starttls"}).port == 110
     assert Pop3Config.model_validate({**BASE, "timeout": "2m"}).timeout == 120
 

@@ -1,8 +1,10 @@
 """What a source type provides: a session that lists, retrieves and deletes messages.
 
-The poller drives a :class:`SourceSession` in this order: ``list_messages`` →
-``retrieve_many`` → (deliver, record in the ledger) → ``delete`` (or ``keep``, with
-``keep_on_server``) → ``close(commit=True)``.
+The poller drives a :class:`SourceSession` in this order: ``list_messages`` → one
+``retrieve_many`` over every message to fetch, taken a batch at a time → (deliver, record in the
+ledger) → ``delete`` (or ``keep``, with ``keep_on_server``) of that batch, while the
+``retrieve_many`` generator is suspended → … → ``close(commit=True)``. A session may run its
+retrievals ahead of the consumer, as long as ``delete`` then works (POP3 parks the replies in flight).
 A POP3 server expunges deleted messages only at QUIT, which ``close(commit=True)`` sends;
 ``close(commit=False)`` drops the connection so nothing is expunged.
 """

@@ -4,14 +4,22 @@ Commands are pipelined (RFC 2449 PIPELINING) when the server advertises it and t
 it: a sliding window of up to ``pipeline_window`` commands is in flight, refilled when half of it
 has been answered, so neither side ever blocks on a full socket buffer. Otherwise every command
 waits for its reply (lock-step). Both give the same bytes.
+
+Retrieval runs ahead of the consumer: while the poller writes and records one batch, the RETRs of
+the next are already in flight and the server streams them into the socket. A command sent then
+(the batch's DELEs) is queued behind them; its replies are read once the RETR replies before them
+have been read into memory or the spool ("parked") for the consumer. POP3 answers in order, so
+nothing is ambiguous, and a DELE still goes out only when the poller asks for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,6 +48,10 @@ CAPA_LIMIT = 64 * 1024
 """Longest CAPA reply accepted."""
 HEADER_LIMIT = 4 * 1024 * 1024
 """Longest ``TOP n 0`` reply (a header block) accepted."""
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+"""Listed size of the RETRs kept in flight ahead of the consumer (at least one message): enough to
+fill a long fat link (20 ms at 1 Gbit/s is 2.5 MB), small enough that the replies parked in memory
+when a DELE has to pass them stay bounded (a message over the spool threshold is parked on disk)."""
 
 
 def retr_limit(announced: int) -> int:
@@ -74,6 +86,12 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         """True once the server accepted RFC 6856 ``UTF8``: messages are served as stored, UTF-8 headers too."""
         self._retrieved: set[int] = set()
         self._deleted: set[int] = set()
+        self._in_flight: deque[Listing] = deque()
+        """RETRs sent whose replies have not been read, oldest first."""
+        self._parked: deque[tuple[Listing, RawMessage | DeliveryError]] = deque()
+        """RETR replies read ahead of the consumer, so that a later command's replies could be read."""
+        self._ahead_bytes = 0
+        """Listed size of the messages in flight or parked."""
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -177,6 +195,7 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         """One single-line command in lock-step."""
         try:
             self.wire.send_line(line)
+            self._park_retrievals()
             return self.wire.read_response()
         except SourceConnectionError:
             self._broken = True
@@ -197,6 +216,7 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
                     upto = min(total, done + window)
                     self.wire.send(b"".join(commands[sent:upto]))
                     sent = upto
+                    self._park_retrievals()  # RETR replies sent before these commands come first
                 reply = self.wire.read_response()
                 done += 1
                 yield done - 1, reply
@@ -306,19 +326,78 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         return self._collect(listing)
 
     def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage | DeliveryError]]:
-        """RETR each listing in order, pipelined when allowed; a refused one yields a DeferMessage."""
-        wanted = list(listings)
-        exchange = self._exchange([b"RETR %d\r\n" % item.number for item in wanted], multiline=True)
+        """RETR each listing in order; a refused one yields a DeferMessage.
+
+        When pipelining, RETRs stay in flight ahead of the consumer, also while it is not asking
+        (between batches): up to ``pipeline_window`` of them and :data:`READ_AHEAD_BYTES` of listed
+        size. Closing the generator reads what is left of them.
+        """
+        wanted = deque(listings)
+        window = self.config.pipeline_window if self._pipelining else 1
         try:
-            for index, reply in exchange:
-                listing = wanted[index]
-                if not reply.ok:
-                    yield listing, self._refused(listing, reply)
-                    continue
-                self._retrieved.add(listing.number)
-                yield listing, self._collect(listing)
+            while wanted or self._in_flight or self._parked:
+                self._top_up(wanted, window)
+                listing, fetched = self._parked.popleft() if self._parked else self._read_retr()
+                self._ahead_bytes -= listing.size
+                yield listing, fetched
         finally:
-            exchange.close()
+            self._abandon_retrievals()
+
+    def _top_up(self, wanted: deque[Listing], window: int) -> None:
+        """Send more RETRs once half of the window has been answered (one write for several)."""
+        outstanding = len(self._in_flight) + len(self._parked)
+        if not wanted or outstanding > window // 2:
+            return
+        batch: list[Listing] = []
+        while wanted and outstanding + len(batch) < window and (
+                self._ahead_bytes < READ_AHEAD_BYTES or not (outstanding or batch)):
+            batch.append(wanted.popleft())
+            self._ahead_bytes += batch[-1].size
+        try:
+            self.wire.send(b"".join(b"RETR %d\r\n" % item.number for item in batch))
+        except SourceConnectionError:
+            self._broken = True
+            raise
+        self._in_flight.extend(batch)
+
+    def _read_retr(self) -> tuple[Listing, RawMessage | DeliveryError]:
+        """Read the reply (and body) of the oldest RETR in flight."""
+        listing = self._in_flight.popleft()
+        try:
+            reply = self.wire.read_response()
+        except SourceConnectionError:
+            self._broken = True
+            raise
+        if not reply.ok:
+            return listing, self._refused(listing, reply)
+        self._retrieved.add(listing.number)
+        return listing, self._collect(listing)
+
+    def _park_retrievals(self) -> None:
+        """Read every RETR still in flight, so that the next reply on the wire is the caller's own."""
+        while self._in_flight:
+            self._parked.append(self._read_retr())
+
+    def _abandon_retrievals(self) -> None:
+        """The consumer stopped taking messages: drop the parked ones, read the rest off the wire."""
+        self._ahead_bytes = 0
+        while self._parked:
+            _listing, fetched = self._parked.popleft()
+            if isinstance(fetched, RawMessage):
+                fetched.discard()
+        if self._broken:
+            self._in_flight.clear()
+            return
+        try:
+            while self._in_flight:
+                listing = self._in_flight.popleft()
+                if self.wire.read_response().ok:
+                    self._retrieved.add(listing.number)  # the server counts it as retrieved (EXPIRE 0)
+                    self.wire.skip_body(DRAIN_LIMIT)
+        except SourceConnectionError:
+            self._broken = True
+            self._in_flight.clear()
+            raise
 
     def header_digests(self, listings: Iterable[Listing]) -> dict[int, str]:
         """``TOP n 0`` of each listing (pipelined) → its header digest; a refused TOP leaves it out."""
@@ -353,6 +432,9 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         if not commit:
             wire.close()
             return
+        if not self._broken:
+            with contextlib.suppress(SourceConnectionError):  # it marks the session broken
+                self._abandon_retrievals()  # replies still in flight come before QUIT's
         if self._broken:
             wire.close()
             raise SourceConnectionError(f"{self.label}: the connection was lost; deletions were not applied")
