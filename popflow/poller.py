@@ -142,7 +142,7 @@ class Poller:
         started = time.monotonic()
         run_id = self.state.start_run(self.source.name)
         session: SourceSession | None = None
-        to_quit: list[str] = []
+        to_quit: list[tuple[Listing, str]] = []  # DELE'd: the listing and its ledger key
         try:
             session = self.source.connect()
             plan, confirmed = self.plan(session, session.list_messages())
@@ -155,13 +155,17 @@ class Poller:
             counts.newly_skipped = len(plan.newly_skipped)
             if confirmed:
                 failed = session.delete(confirmed) or []
-                to_quit += [item.uidl for item in confirmed if item not in failed]
+                to_quit += [(item, item.uidl) for item in confirmed if item not in failed]
             to_quit += self._run_batches(session, plan.fetch, counts, report, progress)
             report.stopped = report.stopped or self.stopped_early
             session.close(commit=True)  # QUIT: the server expunges what was deleted
+            refused = session.refused_deletions()  # DELEs that were queued behind the read-ahead
             session = None
+            if refused:
+                counts.errors += len(refused)
+                to_quit = [(listing, key) for listing, key in to_quit if listing not in refused]
             if to_quit:
-                self.state.record_deleted(self.source.name, to_quit)
+                self.state.record_deleted(self.source.name, [key for _listing, key in to_quit])
             counts.deleted = len(to_quit)
         except PopflowError as exc:  # a fatal source error (login, lock, lost connection) or a sink/state one
             self._record_misbehaved(exc)
@@ -198,14 +202,14 @@ class Poller:
             self._record_skipped([(listing, describe_error(exc))], outcome=MISBEHAVED)
 
     def _run_batches(self, session: SourceSession, fetch: list[Listing], counts: PollCounts, report: PollReport,
-                     progress: ProgressCallback | None) -> list[str]:
-        """Run every batch of ``fetch`` over one retrieval stream. Returns the DELE'd UIDLs.
+                     progress: ProgressCallback | None) -> list[tuple[Listing, str]]:
+        """Run every batch of ``fetch`` over one retrieval stream. Returns what was DELE'd, with ledger keys.
 
         One stream for the whole poll lets the session retrieve the next batch while this one is
         written and recorded (see :mod:`popflow.sources.pop3_session`); a DELE still goes out only
         after its batch is recorded.
         """
-        deleted: list[str] = []
+        deleted: list[tuple[Listing, str]] = []
         stream = session.retrieve_many(fetch)
         try:
             for start in range(0, len(fetch), self.batch_size):
@@ -225,8 +229,8 @@ class Poller:
         return deleted
 
     def _run_batch(self, session: SourceSession, batch: Iterator[tuple[Listing, RawMessage | DeliveryError]],
-                   counts: PollCounts) -> list[str]:
-        """Retrieve, process and deliver one batch; record it; DELE what was handled. Returns DELE'd UIDLs."""
+                   counts: PollCounts) -> list[tuple[Listing, str]]:
+        """Retrieve, process and deliver one batch; record it; DELE what was handled (see ``_run_batches``)."""
         work = _Batch()
         lost: SourceConnectionError | None = None
         try:
@@ -278,7 +282,8 @@ class Poller:
                 self.stopped_early = True
                 break  # finish what was retrieved so far, then QUIT
 
-    def _delete_recognised(self, session: SourceSession, recognised: list[tuple[Listing, LedgerRow]]) -> list[str]:
+    def _delete_recognised(self, session: SourceSession,
+                           recognised: list[tuple[Listing, LedgerRow]]) -> list[tuple[Listing, str]]:
         """DELE fetched messages that proved to be ones already handled; returns their ledger keys.
 
         With ``keep_on_server``, one the ledger had marked deleted is made live again instead.
@@ -306,11 +311,11 @@ class Poller:
             if not recognised:
                 return []
         failed = session.delete([listing for listing, _row in recognised]) or []
-        return [keys[listing.uidl] for listing, _row in recognised if listing not in failed]
+        return [(listing, keys[listing.uidl]) for listing, _row in recognised if listing not in failed]
 
     def _record_and_delete(self, session: SourceSession, outcomes: list[tuple[Listing, Outcome]],
-                           counts: PollCounts, *, may_delete: bool = True) -> list[str]:
-        """Count and record the batch's outcomes; DELE (or keep) the handled ones. Returns DELE'd UIDLs."""
+                           counts: PollCounts, *, may_delete: bool = True) -> list[tuple[Listing, str]]:
+        """Count and record the batch's outcomes; DELE (or keep) the handled ones; returns the DELE'd ones."""
         to_delete: list[Listing] = []
         for listing, outcome in outcomes:
             counts.add(outcome)
@@ -329,4 +334,4 @@ class Poller:
         failed = session.delete(to_delete) or []
         if failed:
             counts.errors += len(failed)
-        return [listing.uidl for listing in to_delete if listing not in failed]
+        return [(listing, listing.uidl) for listing in to_delete if listing not in failed]

@@ -32,14 +32,17 @@ class CommandLog:
     def __init__(self, maildir: Path) -> None:
         self.maildir = maildir
         self.commands: list[str] = []
+        self.committed: list[int] = []
+        """Messages in the Maildir's new/ as each command arrived."""
         self.committed_at_dele: list[int] = []
         self.lock = threading.Lock()
 
     def __call__(self, session: Any, command: str, args: list[str]) -> FaultAction | None:
         with self.lock:
             self.commands.append(" ".join([command.upper(), *args[:1]]))
+            self.committed.append(len(list((self.maildir / "new").glob("*"))))
             if command.upper() == "DELE":
-                self.committed_at_dele.append(len(list((self.maildir / "new").glob("*"))))
+                self.committed_at_dele.append(self.committed[-1])
         return None
 
 
@@ -76,7 +79,7 @@ def test_a_message_is_deleted_only_after_its_batch_is_committed(tmp_path: Path) 
 
 
 def test_a_cut_during_read_ahead_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    """The connection dies inside a read-ahead RETR, while the first batch's DELEs wait behind it."""
+    """The connection dies inside a read-ahead RETR (message 15), with the first batch's DELEs behind it."""
     mail = [sample_message(i) for i in range(TOTAL)]
     ids = {message_id(raw) for raw in mail}
     faults = FaultScript().on("RETR", 15, drop_after_bytes=200).once()
@@ -84,14 +87,15 @@ def test_a_cut_during_read_ahead_loses_and_duplicates_nothing(tmp_path: Path) ->
         config = write_config(tmp_path, server, extra={"batch_size": BATCH})
         first = _poll(config)
         assert first.error is not None
-        # The batch before the cut is delivered and recorded; its DELEs waited behind the cut RETRs.
-        # What was read ahead before the cut is dropped, not delivered: it is still on the server.
-        assert first.counts.delivered == BATCH
-        assert len(server.messages()) == TOTAL  # no QUIT: nothing expunged
+        # The first batch is delivered and recorded, and so are the read-ahead messages that
+        # arrived whole before the cut (11-14); the first batch's DELEs, queued behind the cut
+        # RETRs, never applied: no QUIT, nothing expunged.
+        assert first.counts.delivered == 14
+        assert len(server.messages()) == TOTAL
         second = _poll(config)
         assert second.clean, second.error
-        assert second.counts.delivered == TOTAL - BATCH
-        assert second.counts.fetched == TOTAL - BATCH  # the first batch is confirmed by TOP, not fetched again
+        assert second.counts.delivered == TOTAL - 14
+        assert second.counts.fetched == TOTAL - 14  # the handled ones are confirmed by TOP, not fetched again
         assert server.messages() == []
     delivered = maildir_ids(tmp_path / "mail")
     assert set(delivered) == ids
@@ -136,3 +140,39 @@ def test_a_stop_under_expire_0_keeps_what_was_read_ahead(tmp_path: Path, stop_at
     final = maildir_ids(tmp_path / "mail")
     assert set(final) == ids
     assert max(final.values()) == 1
+
+
+def test_a_dele_refused_behind_the_read_ahead_is_not_counted_deleted(tmp_path: Path) -> None:
+    """DELEs queued behind read-ahead RETRs are settled later; a refused one stays live in the ledger."""
+    mail = [sample_message(i) for i in range(TOTAL)]
+    faults = FaultScript().on("DELE", 5, err="not now").once()
+    with POP3TestServer(mail, faults=faults) as server:
+        config = write_config(tmp_path, server, extra={"batch_size": BATCH})
+        first = _poll(config)
+        assert first.error is None
+        assert (first.counts.delivered, first.counts.deleted, first.counts.errors) == (TOTAL, TOTAL - 1, 1)
+        assert [message_id(raw) for raw in server.messages()] == [message_id(mail[4])]
+        second = _poll(config)  # handled, still on the server: confirmed by TOP and deleted, not delivered again
+        assert second.clean, second.error
+        assert (second.counts.fetched, second.counts.delivered, second.counts.deleted) == (0, 0, 1)
+        assert server.messages() == []
+    delivered = maildir_ids(tmp_path / "mail")
+    assert len(delivered) == TOTAL
+    assert max(delivered.values()) == 1
+
+
+def test_deletes_do_not_wait_for_their_replies_while_retrievals_run_ahead(tmp_path: Path) -> None:
+    """The DELEs of a batch go out and the next batch is processed before their replies are read.
+
+    The server stalls 1.5 s on the first batch's last DELE. A poll that waits for DELE replies
+    sends its next command only after that (lock-step batches: RETR 11, with 10 messages in the
+    Maildir); here the next batch was read ahead, so it is written and committed during the stall
+    and the command after DELE 10 finds 20 messages in the Maildir.
+    """
+    log = CommandLog(tmp_path / "mail")
+    faults = FaultScript(before_command=log).on("DELE", BATCH, stall=1.5).once()
+    with POP3TestServer([sample_message(i) for i in range(TOTAL)], faults=faults) as server:
+        assert _poll(write_config(tmp_path, server, extra={"batch_size": BATCH})).clean
+        assert server.messages() == []
+    after_stall = log.commands.index(f"DELE {BATCH}") + 1
+    assert log.committed[after_stall] >= 2 * BATCH, (log.commands[after_stall], log.committed[after_stall])

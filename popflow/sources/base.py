@@ -96,6 +96,15 @@ class SourceSession:
         """
         raise NotImplementedError
 
+    def refused_deletions(self) -> list[Listing]:
+        """Deletions refused after :meth:`delete` had returned, known at the latest after ``close``.
+
+        A session may queue DELEs behind retrievals still in flight instead of waiting for their
+        replies (POP3 does); the poller asks after ``close(commit=True)`` and does not count these
+        as deleted. Default: none (every refusal is in what :meth:`delete` returned).
+        """
+        return []
+
     def keep(self, listings: Iterable[Listing]) -> None:
         """With ``keep_on_server``: these messages were just handled and stay on the server.
 

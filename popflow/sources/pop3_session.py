@@ -86,8 +86,11 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         """True once the server accepted RFC 6856 ``UTF8``: messages are served as stored, UTF-8 headers too."""
         self._retrieved: set[int] = set()
         self._deleted: set[int] = set()
-        self._in_flight: deque[Listing] = deque()
-        """RETRs sent whose replies have not been read, oldest first."""
+        self._in_flight: deque[tuple[bool, Listing]] = deque()
+        """Commands sent whose replies have not been read, oldest first: (is a DELE, its listing)."""
+        self._retrs_in_flight = 0
+        self._refused_deletions: list[Listing] = []
+        """DELEs queued behind the read-ahead that the server then refused."""
         self._parked: deque[tuple[Listing, RawMessage | DeliveryError]] = deque()
         """RETR replies read ahead of the consumer, so that a later command's replies could be read."""
         self._ahead_bytes = 0
@@ -335,7 +338,7 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         wanted = deque(listings)
         window = self.config.pipeline_window if self._pipelining else 1
         try:
-            while wanted or self._in_flight or self._parked:
+            while wanted or self._retrs_in_flight or self._parked:
                 self._top_up(wanted, window)
                 listing, fetched = self._parked.popleft() if self._parked else self._read_retr()
                 self._ahead_bytes -= listing.size
@@ -345,7 +348,7 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
 
     def _top_up(self, wanted: deque[Listing], window: int) -> None:
         """Send more RETRs once half of the window has been answered (one write for several)."""
-        outstanding = len(self._in_flight) + len(self._parked)
+        outstanding = self._retrs_in_flight + len(self._parked)
         if not wanted or outstanding > window // 2:
             return
         batch: list[Listing] = []
@@ -358,25 +361,48 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         except SourceConnectionError:
             self._broken = True
             raise
-        self._in_flight.extend(batch)
+        self._in_flight.extend((False, item) for item in batch)
+        self._retrs_in_flight += len(batch)
 
     def _read_retr(self) -> tuple[Listing, RawMessage | DeliveryError]:
-        """Read the reply (and body) of the oldest RETR in flight."""
-        listing = self._in_flight.popleft()
-        try:
-            reply = self.wire.read_response()
-        except SourceConnectionError:
-            self._broken = True
-            raise
+        """Read the reply (and body) of the oldest RETR in flight, settling the DELEs queued before it."""
+        while True:
+            is_dele, listing, reply = self._read_next()
+            if not is_dele:
+                break
+        self._retrs_in_flight -= 1
         if not reply.ok:
             return listing, self._refused(listing, reply)
         self._retrieved.add(listing.number)
         return listing, self._collect(listing)
 
+    def _read_next(self) -> tuple[bool, Listing, Response]:
+        """Read the oldest reply in flight (a RETR's body is left to the caller); settle a DELE's."""
+        is_dele, listing = self._in_flight.popleft()
+        try:
+            reply = self.wire.read_response()
+        except SourceConnectionError:
+            self._broken = True
+            self._in_flight.clear()
+            self._retrs_in_flight = 0
+            raise
+        if is_dele and not self._settle_dele(listing, reply):
+            self._refused_deletions.append(listing)
+        return is_dele, listing, reply
+
+    def _settle_dele(self, listing: Listing, reply: Response) -> bool:
+        if reply.ok:
+            self._deleted.add(listing.number)
+            return True
+        log.warning("%s: DELE %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
+        return False
+
     def _park_retrievals(self) -> None:
-        """Read every RETR still in flight, so that the next reply on the wire is the caller's own."""
-        while self._in_flight:
+        """Read every reply still in flight, so that the next reply on the wire is the caller's own."""
+        while self._retrs_in_flight:
             self._parked.append(self._read_retr())
+        while self._in_flight:  # DELEs queued after the last RETR
+            self._read_next()
 
     def _abandon_retrievals(self) -> None:
         """The consumer stopped taking messages: drop the parked ones, read the rest off the wire."""
@@ -387,17 +413,21 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
                 fetched.discard()
         if self._broken:
             self._in_flight.clear()
+            self._retrs_in_flight = 0
             return
-        try:
-            while self._in_flight:
-                listing = self._in_flight.popleft()
-                if self.wire.read_response().ok:
+        while self._in_flight:
+            is_dele, listing, reply = self._read_next()
+            if not is_dele:
+                self._retrs_in_flight -= 1
+                if reply.ok:
                     self._retrieved.add(listing.number)  # the server counts it as retrieved (EXPIRE 0)
-                    self.wire.skip_body(DRAIN_LIMIT)
-        except SourceConnectionError:
-            self._broken = True
-            self._in_flight.clear()
-            raise
+                    try:
+                        self.wire.skip_body(DRAIN_LIMIT)
+                    except SourceConnectionError:
+                        self._broken = True
+                        self._in_flight.clear()
+                        self._retrs_in_flight = 0
+                        raise
 
     def header_digests(self, listings: Iterable[Listing]) -> dict[int, str]:
         """``TOP n 0`` of each listing (pipelined) → its header digest; a refused TOP leaves it out."""
@@ -410,17 +440,30 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         return digests
 
     def delete(self, listings: Iterable[Listing]) -> list[Listing]:
-        """Mark messages deleted (applied at QUIT); returns the listings whose DELE was refused."""
+        """Mark messages deleted (applied at QUIT); returns the listings whose DELE was refused.
+
+        While retrievals run ahead, the DELEs are queued behind them instead of waiting a round
+        trip for their replies: they are settled as the stream reads past them, and any refusal is
+        reported by :meth:`refused_deletions` (at the latest after :meth:`close`).
+        """
         wanted = list(listings)
+        if self._retrs_in_flight and wanted:
+            try:
+                self.wire.send(b"".join(b"DELE %d\r\n" % item.number for item in wanted))
+            except SourceConnectionError:
+                self._broken = True
+                raise
+            self._in_flight.extend((True, item) for item in wanted)
+            return []
         failed = []
         for index, reply in self._exchange([b"DELE %d\r\n" % item.number for item in wanted], multiline=False):
-            listing = wanted[index]
-            if reply.ok:
-                self._deleted.add(listing.number)
-                continue
-            log.warning("%s: DELE %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
-            failed.append(listing)
+            if not self._settle_dele(wanted[index], reply):
+                failed.append(wanted[index])
         return failed
+
+    def refused_deletions(self) -> list[Listing]:
+        """DELEs queued behind the read-ahead (``delete`` returned before their replies) that were refused."""
+        return list(self._refused_deletions)
 
     def close(self, commit: bool = True) -> None:
         """``commit``: QUIT and check its reply (deletions apply); else drop the connection."""
