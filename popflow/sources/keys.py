@@ -19,7 +19,9 @@ MAX_UIDL_TEXT = 160
 """Longest UIDL text kept whole; leaves room for a key's ``~N`` suffix in a 190-character column."""
 
 _PLAIN = frozenset(range(0x21, 0x7F)) - {0x5C}
-_BLANK_LINE = re.compile(rb"\r*\n\r*\n")
+_BLANK_LINE = re.compile(rb"\n\r*\n")
+"""The end of the header block: its last LF. (Any CR before it is removed anyway, and a pattern that
+may start with CR would be tried at every byte: 3.5 µs a message instead of 1.2.)"""
 
 
 def uidl_text(raw: bytes) -> str:
