@@ -121,6 +121,9 @@ class RawMessage:
     def iter_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The bytes in chunks, without loading a spooled message whole."""
         if self._data is not None:
+            if len(self._data) <= size and type(self._data) is bytes:
+                yield self._data  # immutable bytes: handed out as they are, not copied
+                return
             view = memoryview(self._data)
             for start in range(0, len(view), size):
                 yield bytes(view[start:start + size])
