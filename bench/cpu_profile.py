@@ -114,7 +114,8 @@ def poll_once(messages: list[bytes], scratch: Path, variant: str, path: str | No
         if instructions:
             command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out_file}",
                        *command]
-        proc = subprocess.run(command, env=env, capture_output=True, check=False)
+        # cwd: not the checkout, whose popflow/ would shadow a variant (python -m puts cwd first).
+        proc = subprocess.run(command, env=env, cwd=work, capture_output=True, check=False)
         stdout, stderr = proc.stdout, proc.stderr
         server.wait_idle()
         left = len(server.messages())

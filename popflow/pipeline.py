@@ -89,6 +89,8 @@ class Pipeline:
         except PluginHookError as exc:
             log.error("scan failed for %s/%s: %s", message.source, message.uidl, exc)
             verdicts = [ScanVerdict("error", exc.plugin, reason=str(exc.error), on_error="defer")]
+        if not verdicts:
+            return None  # no scanner answered (none installed, or none configured)
         infected = [v for v in verdicts if v.infected]
         errors = [v for v in verdicts if v.status == "error"]
         if infected or any(v.on_error == "quarantine" for v in errors):

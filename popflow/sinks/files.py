@@ -136,12 +136,11 @@ class _OsErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         if isinstance(exc, OSError):
             reason = exc.strerror or str(exc)
             raise RetryableError(
                 f"folder sink {self.sink_name!r}: cannot {self.action} {self.path}: {reason}") from exc
-        return False
 
 
 def syncfs_available() -> bool:
