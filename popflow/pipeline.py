@@ -32,6 +32,14 @@ class Pipeline:
         self.pm = pm
         self.holding = holding
         self.known_sinks = known_sinks
+        # The hook callers, looked up once: pluggy keeps one per spec'd hook for the manager's
+        # life and a plugin registered later joins it, so nothing is missed.
+        hook = pm.hook
+        self._parse_hook = hook.popflow_parse
+        self._scan_hook = hook.popflow_scan
+        self._filter_hook = hook.popflow_filter
+        self._transform_hook = hook.popflow_transform
+        self._route_hook = hook.popflow_route
 
     # -- the stages ---------------------------------------------------------------------------
     def prepare(self, raw: RawMessage, source: str, uidl: str, *, scan: bool = True) -> Delivery | Outcome:
@@ -50,13 +58,13 @@ class Pipeline:
                 if scanned is not None:
                     return scanned
             stage = "filter"
-            decision: FilterDecision | None = self.pm.hook.popflow_filter(message=message)
+            decision: FilterDecision | None = self._filter_hook(message=message)
             if decision is not None and not decision.keep:
                 return Outcome("dropped", decision.reason or "dropped by a filter", message)
             stage = "transform"
-            self.pm.hook.popflow_transform(message=message)
+            self._transform_hook(message=message)
             stage = "route"
-            sinks = self.pm.hook.popflow_route(message=message)
+            sinks = self._route_hook(message=message)
             routed = list(dict.fromkeys(sinks or []))
             unknown = [name for name in routed if name not in self.known_sinks]
             if unknown:
@@ -74,10 +82,11 @@ class Pipeline:
             return Outcome("dead_letter", f"{stage}: {describe_error(exc)}", message)
 
     def _parse(self, raw: RawMessage, source: str, uidl: str) -> Message:
-        message = self.pm.hook.popflow_parse(raw=raw, source=source)
+        message = self._parse_hook(raw=raw, source=source)
         if message is None:
             raise DeadLetterError("no parser returned a message")
-        message.source = source
+        if message.source != source:  # the built-in parser set it already
+            message.source = source
         message.uidl = uidl
         if not message.has_raw:
             message.attach_raw(raw)
@@ -85,10 +94,12 @@ class Pipeline:
 
     def _scan(self, message: Message, raw: RawMessage) -> Outcome | None:
         try:
-            verdicts: list[ScanVerdict] = self.pm.hook.popflow_scan(message=message)
+            verdicts: list[ScanVerdict] = self._scan_hook(message=message)
         except PluginHookError as exc:
             log.error("scan failed for %s/%s: %s", message.source, message.uidl, exc)
             verdicts = [ScanVerdict("error", exc.plugin, reason=str(exc.error), on_error="defer")]
+        if not verdicts:
+            return None  # no scanner answered (none installed, or none configured)
         infected = [v for v in verdicts if v.infected]
         errors = [v for v in verdicts if v.status == "error"]
         if infected or any(v.on_error == "quarantine" for v in errors):

@@ -10,7 +10,7 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -47,9 +47,14 @@ class RawMessage:
         return cls(bytes(data))
 
     @classmethod
-    def from_chunks(cls, chunks: Iterator[bytes], spool_dir: Path | None = None,
+    def from_chunks(cls, chunks: Iterator[bytes], spool_dir: Path | Callable[[], Path] | None = None,
                     threshold: int = SPOOL_THRESHOLD) -> RawMessage:
-        """Collect chunks, switching to a spool file in ``spool_dir`` once past ``threshold``."""
+        """Collect chunks, switching to a spool file in ``spool_dir`` once past ``threshold``.
+
+        ``spool_dir`` may be a callable giving the folder: it is called only for a message that
+        needs spooling (finding the process's spool folder costs a stat(2) and ~9 µs, most
+        messages never need it).
+        """
         digest = hashlib.sha256()
         buffer = bytearray()
         spool: BinaryIO | None = None
@@ -64,6 +69,8 @@ class RawMessage:
                     continue
                 buffer += chunk
                 if len(buffer) > threshold:
+                    if callable(spool_dir):
+                        spool_dir = spool_dir()
                     if spool_dir is not None:
                         mkdirs_private(spool_dir)  # mkstemp makes the file 0600; the folder is 0700
                     fd, name = tempfile.mkstemp(prefix="spool-", suffix=".eml", dir=spool_dir)
@@ -121,6 +128,9 @@ class RawMessage:
     def iter_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The bytes in chunks, without loading a spooled message whole."""
         if self._data is not None:
+            if len(self._data) <= size and type(self._data) is bytes:
+                yield self._data  # immutable bytes: handed out as they are, not copied
+                return
             view = memoryview(self._data)
             for start in range(0, len(view), size):
                 yield bytes(view[start:start + size])

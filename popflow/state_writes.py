@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, func
@@ -42,24 +43,37 @@ class _Compiled:
     def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """The rows as the driver takes them, each value converted as its column type says."""
         names, processors = self.names, self.processors
-        if processors:
-            # A batch shares its timestamps: convert each distinct value once, not once per row.
-            seen: dict[tuple[str, Any], Any] = {}
+        if not self.positional:
+            converted = [{name: row[name] for name in names} for row in rows]
+            for name, process in processors.items():
+                cache: dict[Any, Any] = {}
+                for by_name in converted:
+                    by_name[name] = _converted(process, cache, by_name[name])
+            return converted
+        getter = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
+        if not processors:
+            return [getter(row) for row in rows]
+        # Only a few columns have a processor (timestamps on SQLite), and a batch shares its
+        # timestamps: convert those values, each distinct one once, and leave the rest untouched.
+        columns: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
+            (index, processors[name], {}) for index, name in enumerate(names) if name in processors]
+        tuples = []
+        for row in rows:
+            values = list(getter(row))
+            for index, process, seen in columns:
+                values[index] = _converted(process, seen, values[index])
+            tuples.append(tuple(values))
+        return tuples
 
-            def convert(name: str, value: Any) -> Any:
-                if value is None or name not in processors:
-                    return value
-                found = seen.get((name, value), seen)
-                if found is seen:
-                    found = seen[(name, value)] = processors[name](value)
-                return found
 
-            if self.positional:
-                return [tuple(convert(name, row[name]) for name in names) for row in rows]
-            return [{name: convert(name, row[name]) for name in names} for row in rows]
-        if self.positional:
-            return [tuple(row[name] for name in names) for row in rows]
-        return [{name: row[name] for name in names} for row in rows]
+def _converted(process: Callable[[Any], Any], seen: dict[Any, Any], value: Any) -> Any:
+    """``process(value)``, computed once per distinct value; None stays None."""
+    if value is None:
+        return None
+    found = seen.get(value, seen)
+    if found is seen:
+        found = seen[value] = process(value)
+    return found
 
 
 _cache: dict[tuple[Any, ...], _Compiled] = {}

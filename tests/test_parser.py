@@ -287,6 +287,23 @@ def test_spooled_message_parses_without_changing_bytes(tmp_path: Path) -> None:
     assert raw.read() == data
 
 
+def test_a_lazy_spool_folder_is_asked_for_only_when_a_message_needs_spooling(tmp_path: Path) -> None:
+    asked: list[Path] = []
+
+    def spool_dir() -> Path:
+        asked.append(tmp_path / "spool")
+        return tmp_path / "spool"
+
+    small = RawMessage.from_chunks(iter([b"Subject: s\r\n\r\nhi\r\n"]), spool_dir=spool_dir, threshold=1024)
+    assert not small.spooled and asked == []  # the per-message lookup is skipped
+    data = b"Subject: b\r\n\r\n" + b"x" * 4000
+    big = RawMessage.from_chunks(iter([data[:1000], data[1000:]]), spool_dir=spool_dir, threshold=1024)
+    assert big.spooled and asked == [tmp_path / "spool"]
+    assert big.path is not None and big.path.parent == tmp_path / "spool"
+    assert big.read() == data
+    big.discard()
+
+
 def test_hook_is_registered_as_fallback_parser() -> None:
     pm = make_plugin_manager(load_entry_points=False)
     raw = RawMessage.from_bytes(b"Subject: via hook\r\n\r\nx")

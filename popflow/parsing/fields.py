@@ -7,9 +7,6 @@ list is bounded (:data:`MAX_HEADERS`, :data:`MAX_HEADER_CHARS`); the raw bytes k
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from popflow.message import Address, Message
 from popflow.parsing.addresses import parse_addresses, parse_date, parse_message_id
 from popflow.parsing.encoded_words import decode_words
@@ -32,7 +29,8 @@ MAX_HEADERS = 1000
 MAX_HEADER_CHARS = 1024 * 1024
 """Decoded characters kept in ``Message.headers`` over all headers."""
 
-_ADDRESS_FIELDS = {"to": "to", "cc": "cc", "reply-to": "reply_to"}
+_ADDRESS_FIELDS = (("to", "to", "To"), ("cc", "cc", "Cc"), ("reply-to", "reply_to", "Reply-To"))
+"""``(lower-case header name, Message attribute, the name defects use)``."""
 
 
 def read_header_block(raw: RawMessage, defects: list[str]) -> HeaderBlock:
@@ -63,29 +61,52 @@ def fill_header_fields(message: Message, raw: RawMessage, defects: list[str]) ->
     firsts: dict[str, bytes] = {}
     for name, value in block.fields:
         firsts.setdefault(name.lower(), value)
-    message.headers = _decoded_headers(block, fallback, defects)
+    headers = _decoded_headers(block, fallback, defects)
+    message.headers = headers
     decoded: dict[str, str] = {}
-    for name, text_value in message.headers:
+    for name, text_value in headers:
         decoded.setdefault(name.lower(), text_value)
+    # Each field on its own (no closure or lambda per field: this runs for every message); a
+    # surprise in one field must not cost the others.
+    try:
+        message.subject = _text(decoded, firsts, "subject", "Subject", fallback, defects)
+    except Exception as exc:
+        _unreadable(defects, "Subject", exc)
+    try:
+        found = _text(decoded, firsts, "message-id", "Message-ID", fallback, defects)
+        message.message_id = parse_message_id(found or "", defects)
+    except Exception as exc:
+        _unreadable(defects, "Message-ID", exc)
+    try:
+        message.date = parse_date(_text(decoded, firsts, "date", "Date", fallback, defects) or "", defects)
+    except Exception as exc:
+        _unreadable(defects, "Date", exc)
+    try:
+        message.from_ = _sender(_undecoded(firsts.get("from"), "From", fallback, defects), defects)
+    except Exception as exc:
+        _unreadable(defects, "From", exc)
+    for name, attribute, canonical in _ADDRESS_FIELDS:
+        try:
+            setattr(message, attribute,
+                    parse_addresses(_undecoded(firsts.get(name), canonical, fallback, defects) or "", canonical,
+                                    defects))
+        except Exception as exc:
+            _unreadable(defects, canonical, exc)
 
-    def text(name: str, words: bool = True) -> str | None:
-        if words and name in decoded:
-            return decoded[name]  # already decoded for the headers list
-        value = firsts.get(name)
-        return None if value is None else header_text(value, _canonical(name), fallback, defects, words=words)
 
-    _guarded(defects, "Subject", lambda: setattr(message, "subject", text("subject")))
-    _guarded(defects, "Message-ID", lambda: setattr(
-        message, "message_id", parse_message_id(text("message-id") or "", defects)))
-    _guarded(defects, "Date", lambda: setattr(message, "date", parse_date(text("date") or "", defects)))
-    _guarded(defects, "From", lambda: setattr(message, "from_", _sender(text("from", words=False), defects)))
-    for name, attribute in _ADDRESS_FIELDS.items():
+def _text(decoded: dict[str, str], firsts: dict[str, bytes], name: str, canonical: str, fallback: str,
+          defects: list[str]) -> str | None:
+    """The first ``name`` field as text: from the decoded headers list, else (past its caps) decoded now."""
+    found = decoded.get(name)
+    if found is not None:
+        return found
+    value = firsts.get(name)
+    return None if value is None else header_text(value, canonical, fallback, defects)
 
-        def addresses(name: str = name, attribute: str = attribute) -> None:
-            found = parse_addresses(text(name, words=False) or "", _canonical(name), defects)
-            setattr(message, attribute, found)
 
-        _guarded(defects, _canonical(name), addresses)
+def _undecoded(value: bytes | None, name: str, fallback: str, defects: list[str]) -> str | None:
+    """An address field's text with its encoded words left in (each name is decoded on its own)."""
+    return None if value is None else header_text(value, name, fallback, defects, words=False)
 
 
 def _decoded_headers(block: HeaderBlock, fallback: str, defects: list[str]) -> list[tuple[str, str]]:
@@ -129,16 +150,5 @@ def _declared_charset(block: HeaderBlock, defects: list[str]) -> str | None:
     return params.get("charset")
 
 
-_CANONICAL = {"message-id": "Message-ID", "reply-to": "Reply-To"}
-
-
-def _canonical(name: str) -> str:
-    return _CANONICAL.get(name) or name.title()
-
-
-def _guarded(defects: list[str], name: str, action: Callable[[], Any]) -> None:
-    """Run one field's extraction; a surprise in one field must not cost the others."""
-    try:
-        action()
-    except Exception as exc:
-        defects.append(f"header {name}: unreadable ({type(exc).__name__})")
+def _unreadable(defects: list[str], name: str, exc: Exception) -> None:
+    defects.append(f"header {name}: unreadable ({type(exc).__name__})")

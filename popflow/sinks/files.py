@@ -17,8 +17,8 @@ import ctypes
 import errno
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
 
 from popflow.errors import RetryableError
@@ -117,14 +117,30 @@ class AtomicFiles:
                         raise
             self.dirty_dirs.add(directory.parent)
 
-    @contextmanager
-    def os_errors(self, action: str, path: Path | str) -> Iterator[None]:
+    def os_errors(self, action: str, path: Path | str) -> _OsErrors:
         """Turn an OSError (full disk, permissions, ...) into a RetryableError naming the path."""
-        try:
-            yield
-        except OSError as exc:
+        return _OsErrors(self.sink_name, action, path)
+
+
+class _OsErrors:
+    """The context manager of :meth:`AtomicFiles.os_errors` (entered several times per file: a
+    class costs less than a ``@contextmanager`` generator)."""
+
+    __slots__ = ("action", "path", "sink_name")
+
+    def __init__(self, sink_name: str, action: str, path: Path | str) -> None:
+        self.sink_name = sink_name
+        self.action = action
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if isinstance(exc, OSError):
             reason = exc.strerror or str(exc)
-            raise RetryableError(f"folder sink {self.sink_name!r}: cannot {action} {path}: {reason}") from exc
+            raise RetryableError(
+                f"folder sink {self.sink_name!r}: cannot {self.action} {self.path}: {reason}") from exc
 
 
 def syncfs_available() -> bool:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from popflow.context import RuntimeContext
 from popflow.errors import RetryableError
@@ -37,8 +37,42 @@ _KEY_RE = re.compile(r"^([0-9a-f]{32})\.popflow(?:$|[:!;,])")
 _counter = itertools.count(1)
 
 
-@dataclass(frozen=True)
-class _Pending:
+class _Unique:
+    """The process id and random hex for temp names, without a getpid(2) and a getrandom(2) per file.
+
+    The random part is drawn from the OS's CSPRNG in blocks (every 12 hex digits still unseen
+    before they are used); a forked child starts with a new pid and a new block.
+    """
+
+    BLOCK = 1536
+    """Random bytes fetched at once: 256 names."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the pid and the unused random digits (in a new process)."""
+        self.pid = os.getpid()
+        self._pool = ""
+        self._at = 0
+
+    def random_hex(self, digits: int = 12) -> str:
+        """``digits`` fresh random hex digits."""
+        with self._lock:
+            at = self._at
+            if at + digits > len(self._pool):
+                self._pool, at = os.urandom(self.BLOCK).hex(), 0
+            self._at = at + digits
+            return self._pool[at:at + digits]
+
+
+_unique = _Unique()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unique.reset)
+
+
+class _Pending(NamedTuple):
     """A group-commit write: its temp file in ``tmp/`` and its name in ``new/``."""
 
     tmp: str
@@ -78,7 +112,7 @@ class MaildirSink(FolderSink):
         final = f"{root}/new/{key}{MAILDIR_SUFFIX}"
         # Unique in tmp/ even across processes and retries: time, pid, counter (Maildir style), and
         # a random part so nobody can plant a file there first (it is opened O_EXCL anyway).
-        tmp = f"{root}/tmp/{time.time_ns()}.P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(6)}.{key}"
+        tmp = f"{root}/tmp/{time.time_ns()}.P{_unique.pid}Q{next(_counter)}R{_unique.random_hex()}.{key}"
         if self.config.group_commit:
             # With syncfs(2) the file is written now without an fsync and commit() flushes the whole
             # batch with one syncfs before the first rename, so no file reaches new/ before its bytes
