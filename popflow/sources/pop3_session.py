@@ -307,7 +307,8 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
             body = self.wire.iter_body(retr_limit(listing.size), message_number=listing.number,
                                        what=f"RETR {listing.number} ({listing.size} bytes listed)",
                                        expected=2 * listing.size + 64 * 1024)
-            return RawMessage.from_chunks(body, spool_dir=self.context.spool_dir)
+            # The spool folder is looked up (a stat) only for a message that needs it.
+            return RawMessage.from_chunks(body, spool_dir=lambda: self.context.spool_dir)
         except SourceConnectionError:
             self._broken = True
             raise
