@@ -5,11 +5,7 @@ it: a sliding window of up to ``pipeline_window`` commands is in flight, refille
 has been answered, so neither side ever blocks on a full socket buffer. Otherwise every command
 waits for its reply (lock-step). Both give the same bytes.
 
-Retrieval runs ahead of the consumer: while the poller writes and records one batch, the RETRs of
-the next are already in flight and the server streams them into the socket. A command sent then
-(the batch's DELEs) is queued behind them; its replies are read once the RETR replies before them
-have been read into memory or the spool ("parked") for the consumer. POP3 answers in order, so
-nothing is ambiguous, and a DELE still goes out only when the poller asks for it.
+Retrieval runs ahead of the consumer, and DELEs queue behind it: :mod:`popflow.sources.pop3_stream`.
 """
 
 from __future__ import annotations
@@ -19,18 +15,18 @@ import hashlib
 import logging
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from popflow.context import RuntimeContext
-from popflow.errors import DeferMessage, DeliveryError, SourceConnectionError, SourceFatalError
+from popflow.errors import SourceConnectionError, SourceFatalError
 from popflow.raw import RawMessage
 from popflow.sources.base import Listing, SessionInfo, SourceSession
 from popflow.sources.keys import header_digest, uidl_text
 from popflow.sources.pop3_auth import AuthRequest, authenticate
 from popflow.sources.pop3_caps import ServerPolicy, ServerPolicyHandling, parse_capabilities
 from popflow.sources.pop3_listing import HEADER_KEY_PREFIX, listing_limit, make_listings, numbered_lines
+from popflow.sources.pop3_stream import DRAIN_LIMIT, RetrievalStream
 from popflow.sources.pop3_wire import Pop3Wire, Response
 from popflow.sources.tls import make_ssl_context
 
@@ -42,28 +38,13 @@ log = logging.getLogger("popflow.sources.pop3")
 _APOP_TIMESTAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
 
 
-DRAIN_LIMIT = 2**40
-"""Replies in flight when a pipelined exchange ends early are read to their end (stop, deadlines apply)."""
 CAPA_LIMIT = 64 * 1024
 """Longest CAPA reply accepted."""
 HEADER_LIMIT = 4 * 1024 * 1024
 """Longest ``TOP n 0`` reply (a header block) accepted."""
-READ_AHEAD_BYTES = 8 * 1024 * 1024
-"""Listed size of the RETRs kept in flight ahead of the consumer (at least one message): enough to
-fill a long fat link (20 ms at 1 Gbit/s is 2.5 MB), small enough that the replies parked in memory
-when a DELE has to pass them stay bounded (a message over the spool threshold is parked on disk)."""
 
 
-def retr_limit(announced: int) -> int:
-    """How far a RETR may run past the size LIST announced before it is cut off.
-
-    Generous for honest servers: Courier serves a CRLF message as CR CR LF, so RETR can exceed LIST
-    by up to half; some servers count LF line endings. Twice the size plus 1 MB covers them.
-    """
-    return 2 * announced + 1024 * 1024
-
-
-class Pop3Session(ServerPolicyHandling, SourceSession):
+class Pop3Session(RetrievalStream, ServerPolicyHandling, SourceSession):
     """A connected, authenticated POP3 session (see :class:`~popflow.sources.base.SourceSession`)."""
 
     def __init__(self, config: Pop3Config, context: RuntimeContext, name: str = "pop3", *,
@@ -86,15 +67,7 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         """True once the server accepted RFC 6856 ``UTF8``: messages are served as stored, UTF-8 headers too."""
         self._retrieved: set[int] = set()
         self._deleted: set[int] = set()
-        self._in_flight: deque[tuple[bool, Listing]] = deque()
-        """Commands sent whose replies have not been read, oldest first: (is a DELE, its listing)."""
-        self._retrs_in_flight = 0
-        self._refused_deletions: list[Listing] = []
-        """DELEs queued behind the read-ahead that the server then refused."""
-        self._parked: deque[tuple[Listing, RawMessage | DeliveryError]] = deque()
-        """RETR replies read ahead of the consumer, so that a later command's replies could be read."""
-        self._ahead_bytes = 0
-        """Listed size of the messages in flight or parked."""
+        self._init_stream()
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -302,25 +275,6 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
 
     # -- retrieving ----------------------------------------------------------------------------
 
-    def _collect(self, listing: Listing) -> RawMessage:
-        try:
-            body = self.wire.iter_body(retr_limit(listing.size), message_number=listing.number,
-                                       what=f"RETR {listing.number} ({listing.size} bytes listed)",
-                                       expected=2 * listing.size + 64 * 1024)
-            # The spool folder is looked up (a stat) only for a message that needs it.
-            return RawMessage.from_chunks(body, spool_dir=lambda: self.context.spool_dir)
-        except SourceConnectionError:
-            self._broken = True
-            raise
-        except OSError as exc:  # the spool could not be written: the body is half read
-            self._broken = True
-            self.wire.close()
-            raise SourceFatalError(f"{self.label}: cannot spool message {listing.uidl}: {exc}") from exc
-
-    def _refused(self, listing: Listing, reply: Response) -> DeferMessage:
-        log.warning("%s: RETR %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
-        return DeferMessage(f"{self.label}: the server refused message {listing.uidl}: {reply.text}")
-
     def retrieve(self, listing: Listing) -> RawMessage:
         """``RETR``: the message's bytes, dot-unstuffed, exactly as the server sends them."""
         reply = self._command(b"RETR %d" % listing.number)
@@ -328,107 +282,6 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
             raise self._refused(listing, reply)
         self._retrieved.add(listing.number)
         return self._collect(listing)
-
-    def retrieve_many(self, listings: Iterable[Listing]) -> Iterator[tuple[Listing, RawMessage | DeliveryError]]:
-        """RETR each listing in order; a refused one yields a DeferMessage.
-
-        When pipelining, RETRs stay in flight ahead of the consumer, also while it is not asking
-        (between batches): up to ``pipeline_window`` of them and :data:`READ_AHEAD_BYTES` of listed
-        size. Closing the generator reads what is left of them.
-        """
-        wanted = deque(listings)
-        window = self.config.pipeline_window if self._pipelining else 1
-        try:
-            while wanted or self._retrs_in_flight or self._parked:
-                self._top_up(wanted, window)
-                listing, fetched = self._parked.popleft() if self._parked else self._read_retr()
-                self._ahead_bytes -= listing.size
-                yield listing, fetched
-        finally:
-            self._abandon_retrievals()
-
-    def _top_up(self, wanted: deque[Listing], window: int) -> None:
-        """Send more RETRs once half of the window has been answered (one write for several)."""
-        outstanding = self._retrs_in_flight + len(self._parked)
-        if not wanted or outstanding > window // 2:
-            return
-        batch: list[Listing] = []
-        while wanted and outstanding + len(batch) < window and (
-                self._ahead_bytes < READ_AHEAD_BYTES or not (outstanding or batch)):
-            batch.append(wanted.popleft())
-            self._ahead_bytes += batch[-1].size
-        try:
-            self.wire.send(b"".join(b"RETR %d\r\n" % item.number for item in batch))
-        except SourceConnectionError:
-            self._broken = True
-            raise
-        self._in_flight.extend((False, item) for item in batch)
-        self._retrs_in_flight += len(batch)
-
-    def _read_retr(self) -> tuple[Listing, RawMessage | DeliveryError]:
-        """Read the reply (and body) of the oldest RETR in flight, settling the DELEs queued before it."""
-        while True:
-            is_dele, listing, reply = self._read_next()
-            if not is_dele:
-                break
-        self._retrs_in_flight -= 1
-        if not reply.ok:
-            return listing, self._refused(listing, reply)
-        self._retrieved.add(listing.number)
-        return listing, self._collect(listing)
-
-    def _read_next(self) -> tuple[bool, Listing, Response]:
-        """Read the oldest reply in flight (a RETR's body is left to the caller); settle a DELE's."""
-        is_dele, listing = self._in_flight.popleft()
-        try:
-            reply = self.wire.read_response()
-        except SourceConnectionError:
-            self._broken = True
-            self._in_flight.clear()
-            self._retrs_in_flight = 0
-            raise
-        if is_dele and not self._settle_dele(listing, reply):
-            self._refused_deletions.append(listing)
-        return is_dele, listing, reply
-
-    def _settle_dele(self, listing: Listing, reply: Response) -> bool:
-        if reply.ok:
-            self._deleted.add(listing.number)
-            return True
-        log.warning("%s: DELE %d (%s) refused: %s", self.label, listing.number, listing.uidl, reply.text)
-        return False
-
-    def _park_retrievals(self) -> None:
-        """Read every reply still in flight, so that the next reply on the wire is the caller's own."""
-        while self._retrs_in_flight:
-            self._parked.append(self._read_retr())
-        while self._in_flight:  # DELEs queued after the last RETR
-            self._read_next()
-
-    def _abandon_retrievals(self) -> None:
-        """The consumer stopped taking messages: drop the parked ones, read the rest off the wire."""
-        self._ahead_bytes = 0
-        while self._parked:
-            _listing, fetched = self._parked.popleft()
-            if isinstance(fetched, RawMessage):
-                fetched.discard()
-        if self._broken:
-            self._in_flight.clear()
-            self._retrs_in_flight = 0
-            return
-        while self._in_flight:
-            is_dele, listing, reply = self._read_next()
-            if not is_dele:
-                self._retrs_in_flight -= 1
-                if reply.ok:
-                    self._retrieved.add(listing.number)  # the server counts it as retrieved (EXPIRE 0)
-                    try:
-                        self.wire.skip_body(DRAIN_LIMIT)
-                    except SourceConnectionError:
-                        self._broken = True
-                        self._in_flight.clear()
-                        self._retrs_in_flight = 0
-                        raise
 
     def header_digests(self, listings: Iterable[Listing]) -> dict[int, str]:
         """``TOP n 0`` of each listing (pipelined) → its header digest; a refused TOP leaves it out."""
@@ -448,23 +301,13 @@ class Pop3Session(ServerPolicyHandling, SourceSession):
         reported by :meth:`refused_deletions` (at the latest after :meth:`close`).
         """
         wanted = list(listings)
-        if self._retrs_in_flight and wanted:
-            try:
-                self.wire.send(b"".join(b"DELE %d\r\n" % item.number for item in wanted))
-            except SourceConnectionError:
-                self._broken = True
-                raise
-            self._in_flight.extend((True, item) for item in wanted)
+        if self._queue_deletions(wanted):
             return []
         failed = []
         for index, reply in self._exchange([b"DELE %d\r\n" % item.number for item in wanted], multiline=False):
             if not self._settle_dele(wanted[index], reply):
                 failed.append(wanted[index])
         return failed
-
-    def refused_deletions(self) -> list[Listing]:
-        """DELEs queued behind the read-ahead (``delete`` returned before their replies) that were refused."""
-        return list(self._refused_deletions)
 
     def close(self, commit: bool = True) -> None:
         """``commit``: QUIT and check its reply (deletions apply); else drop the connection."""

@@ -33,7 +33,7 @@ from popflow import (
     SourceFatalError,
 )
 from popflow.sources.keys import header_digest, uidl_text
-from popflow.sources.pop3_session import retr_limit
+from popflow.sources.pop3_stream import retr_limit
 from popflow_imap.connection import MAX_SIZE_VALUE, MAX_UID, ImapConnection, message_key, uid_set
 from popflow_imap.parse import fetch_items
 from popflow_imap.wire import Reply
