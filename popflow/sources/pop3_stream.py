@@ -121,12 +121,7 @@ class RetrievalStream:
                 self._ahead_bytes < READ_AHEAD_BYTES or not (outstanding or batch)):
             batch.append(wanted.popleft())
             self._ahead_bytes += batch[-1].size
-        try:
-            self.wire.send(b"".join(b"RETR %d\r\n" % item.number for item in batch))
-        except SourceConnectionError:
-            self._broken = True
-            raise
-        self._in_flight.extend((False, item) for item in batch)
+        self._send_queued(b"RETR", batch)
         self._retrs_in_flight += len(batch)
 
     def _read_retr(self, threshold: int = SPOOL_THRESHOLD) -> tuple[Listing, RawMessage | DeliveryError]:
@@ -204,10 +199,14 @@ class RetrievalStream:
         """While RETRs are in flight, send the DELEs behind them without waiting; False otherwise."""
         if not (self._retrs_in_flight and wanted):
             return False
+        self._send_queued(b"DELE", wanted)
+        return True
+
+    def _send_queued(self, command: bytes, listings: list[Listing]) -> None:
+        """Send ``command n`` for each listing in one write; their replies join the queue."""
         try:
-            self.wire.send(b"".join(b"DELE %d\r\n" % item.number for item in wanted))
+            self.wire.send(b"".join(b"%s %d\r\n" % (command, item.number) for item in listings))
         except SourceConnectionError:
             self._broken = True
             raise
-        self._in_flight.extend((True, item) for item in wanted)
-        return True
+        self._in_flight.extend((command == b"DELE", item) for item in listings)
