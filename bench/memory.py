@@ -12,13 +12,16 @@ Cases (sizes are of the messages as sent):
 * ``large``: ``--large`` messages of ``--large-mb`` MB each (default 5 x 40 MB, a base64
   attachment) among ``--small`` small ones (default 500 x ~4 KB), large ones spread through the
   mailbox;
-* ``large-db``: the same mailbox into a SQLite ``database`` sink with the full parse,
-  ``store_raw: true`` and ``store_attachments: true`` (every value a large message has is stored);
+* ``large-db``: the same mailbox into a ``database`` sink with the full parse, ``store_raw: true``
+  and ``store_attachments: true`` (every value a large message has is stored): SQLite by default,
+  or the database at ``--db-url`` (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/bench``;
+  the case uses tables of its own prefix there and drops them afterwards);
 * ``flat-1000`` and ``flat-10000``: 1,000 and 10,000 small messages; peak RSS should not grow.
 
 Run by ``bench/run.sh`` with the popflow installed in its venv; on its own::
 
     .venv/bin/python bench/memory.py --popflow .venv/bin/popflow
+    .venv/bin/python bench/memory.py --only large-db --db-url postgresql+psycopg://postgres@127.0.0.1/bench
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import MetaData, create_engine, text
 
 from popflow.testing import POP3TestServer
 
@@ -49,7 +55,11 @@ class Case:
     name: str
     messages: list[bytes]
     sink: str = "maildir"
-    """``maildir`` (a folder sink, defaults) or ``db`` (SQLite, store_raw and store_attachments)."""
+    """``maildir`` (a folder sink, defaults) or ``db`` (store_raw and store_attachments)."""
+    db_url: str | None = None
+    """The ``db`` sink's database; None: a SQLite file of the case's own."""
+    prefix: str = "popflow_"
+    """The ``db`` sink's table prefix (a fresh one per case on a server)."""
 
 
 @dataclass
@@ -110,12 +120,13 @@ def mixed_mailbox(small: int, large: int, large_mb: float, seed: int) -> list[by
     return messages
 
 
-def sink_config(sink: str, work: Path, maildir: Path) -> str:
+def sink_config(case: Case, work: Path, maildir: Path) -> str:
     """The ``sinks:`` entry of one case."""
-    if sink == "db":
+    if case.sink == "db":
         return ("  store:\n"
                 "    type: database\n"
-                f"    url: sqlite:///{work}/mail.db\n"
+                f"    url: {case.db_url or f'sqlite:///{work}/mail.db'}\n"
+                f"    table_prefix: {case.prefix}\n"
                 "    store_raw: true\n"
                 "    store_attachments: true\n")
     return ("  store:\n"
@@ -123,7 +134,7 @@ def sink_config(sink: str, work: Path, maildir: Path) -> str:
             f"    path: {maildir}\n")
 
 
-def write_config(work: Path, port: int, maildir: Path, sink: str) -> Path:
+def write_config(work: Path, port: int, maildir: Path, case: Case) -> Path:
     """A popflow config for one case: the test server, one sink, the default pipeline."""
     config = work / "popflow.yaml"
     config.write_text(
@@ -140,7 +151,7 @@ def write_config(work: Path, port: int, maildir: Path, sink: str) -> Path:
         "    username: user\n"
         "    password: pass\n"
         "sinks:\n"
-        + sink_config(sink, work, maildir)
+        + sink_config(case, work, maildir)
         + "routes:\n"
         "  - sinks: [store]\n",
         encoding="utf-8",
@@ -156,7 +167,7 @@ def run_case(case: Case, popflow: str, scratch: Path) -> Result:
     maildir = work / "Maildir"
     megabytes = sum(len(m) for m in case.messages) / 1e6
     with POP3TestServer(case.messages) as server:
-        config = write_config(work, server.port, maildir, case.sink)
+        config = write_config(work, server.port, maildir, case)
         started = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-v", popflow, "-q", "poll", "-c", str(config)],
                               capture_output=True, text=True, check=False)
@@ -165,7 +176,7 @@ def run_case(case: Case, popflow: str, scratch: Path) -> Result:
         left = len(server.messages())
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     peak = int(found.group(1)) / 1024 if found else float("nan")
-    delivered = stored_count(case.sink, work, maildir)
+    delivered = stored_count(case, work, maildir)
     ok = proc.returncode == 0 and delivered == len(case.messages) and left == 0
     if not ok:
         print(f"{case.name}: exit {proc.returncode}, delivered {delivered}/{len(case.messages)}, "
@@ -174,9 +185,25 @@ def run_case(case: Case, popflow: str, scratch: Path) -> Result:
     return Result(case.name, len(case.messages), megabytes, wall, peak, delivered, ok)
 
 
-def stored_count(sink: str, work: Path, maildir: Path) -> int:
-    """How many messages the case's sink holds: files in ``new/`` or rows of ``popflow_messages``."""
-    if sink == "db":
+def stored_count(case: Case, work: Path, maildir: Path) -> int:
+    """How many messages the case's sink holds: files in ``new/`` or rows of ``<prefix>messages``.
+
+    On a database server the case's tables are dropped once counted.
+    """
+    if case.sink == "db" and case.db_url:
+        engine = create_engine(case.db_url)
+        try:
+            tables = MetaData()
+            tables.reflect(engine, only=lambda name, _meta: name.startswith(case.prefix))
+            if f"{case.prefix}messages" not in tables.tables:
+                return 0
+            with engine.connect() as connection:
+                found = int(connection.execute(text(f"select count(*) from {case.prefix}messages")).scalar_one())
+            tables.drop_all(engine)
+            return found
+        finally:
+            engine.dispose()
+    if case.sink == "db":
         database = work / "mail.db"
         if not database.exists():
             return 0
@@ -185,7 +212,7 @@ def stored_count(sink: str, work: Path, maildir: Path) -> int:
     return len(list((maildir / "new").iterdir())) if (maildir / "new").is_dir() else 0
 
 
-def summary(results: list[Result], large: int, large_mb: float) -> str:
+def summary(results: list[Result], large: int, large_mb: float, db_label: str = "SQLite") -> str:
     """The results as a Markdown table, with the verdict on each target."""
     lines = [
         "| case | messages | MB | wall s | peak RSS MB | delivered | ok |",
@@ -196,7 +223,7 @@ def summary(results: list[Result], large: int, large_mb: float) -> str:
                      f"| {r.delivered:,} | {'yes' if r.ok else 'NO'} |")
     by_name = {r.name: r for r in results}
     lines.append("")
-    for name, label in (("large", "Maildir"), ("large-db", "SQLite, full parse, store_raw + store_attachments")):
+    for name, label in (("large", "Maildir"), ("large-db", f"{db_label}, full parse, store_raw + store_attachments")):
         if name in by_name:
             peak = by_name[name].peak_rss_mb
             verdict = "met" if peak <= RSS_TARGET_MB and by_name[name].ok else "NOT met"
@@ -218,6 +245,7 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=500, help="small messages around the large ones")
     parser.add_argument("--flat", default="1000,10000", help="mailbox sizes for the flat-memory check")
     parser.add_argument("--no-db", action="store_true", help="skip the database-sink case")
+    parser.add_argument("--db-url", help="the large-db case's database (SQLAlchemy URL; default a SQLite file)")
     parser.add_argument("--only", help="run only these cases (comma-separated names)")
     parser.add_argument("--out", type=Path, help="folder for summary.md")
     parser.add_argument("--seed", type=int, default=42)
@@ -226,7 +254,9 @@ def main() -> int:
     mailbox = mixed_mailbox(args.small, args.large, args.large_mb, args.seed)
     cases = [Case("large", mailbox)]
     if not args.no_db:
-        cases.append(Case("large-db", mailbox, sink="db"))  # the same messages (one copy in this process)
+        # The same messages (one copy in this process); on a server, tables of the case's own.
+        prefix = f"mem{uuid.uuid4().hex[:8]}_" if args.db_url else "popflow_"
+        cases.append(Case("large-db", mailbox, sink="db", db_url=args.db_url, prefix=prefix))
     for count in (int(n) for n in args.flat.split(",") if n):
         rng = random.Random(args.seed)
         cases.append(Case(f"flat-{count}", [small_message(i, rng) for i in range(count)]))
@@ -240,12 +270,13 @@ def main() -> int:
                   f"{result.wall:6.2f}s  peak RSS {result.peak_rss_mb:5.0f} MB  {'ok' if result.ok else 'FAILED'}")
             results.append(result)
             case.messages = []  # free the server's copy before the next case
-    text = summary(results, args.large, args.large_mb)
+    label = "SQLite" if not args.db_url else create_engine(args.db_url).dialect.name
+    report = summary(results, args.large, args.large_mb, label)
     print()
-    print(text)
+    print(report)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.md").write_text(text, encoding="utf-8")
+        (args.out / "summary.md").write_text(report, encoding="utf-8")
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -21,7 +21,6 @@ How text is made storable (NUL characters, invalid Unicode, impossible dates) is
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -41,8 +40,9 @@ from popflow.message import Message
 from popflow.migrate import current_revision, head_revision, upgrade
 from popflow.redact import display_url
 from popflow.sinks.base import Sink
-from popflow.sinks.db_blobs import insert_attachments, prepare, streams, write_blobs
-from popflow.sinks.db_rows import LargeValue, attachment_rows, message_row
+from popflow.sinks.db_blobs import insert_attachments, prepare, streaming, write_blobs
+from popflow.sinks.db_mysql import check_packet_size
+from popflow.sinks.db_rows import attachment_rows, json_dumps, message_row
 from popflow.sinks.db_schema import SinkTables, tables_for, validate_prefix
 from popflow.sql import engine_url, make_engine
 
@@ -53,8 +53,6 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 _MYSQL_DUPLICATE_KEY = 1062
 _MYSQL_PACKET_TOO_LARGE = 1153
-_MYSQL_ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")  # in text, each becomes two bytes
-_STATEMENT_OVERHEAD = 64 * 1024  # column names, other values, protocol framing
 _MYSQL_CHECK_FAILED = (3819, 4025)  # MySQL, MariaDB: PyMySQL reports these as OperationalError
 _PRODUCTS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB"}
 
@@ -95,33 +93,6 @@ class DatabaseConfig(SinkSettings):
 def safe_url(url: URL) -> str:
     """``url`` for humans, the one way popflow shows a URL (:func:`popflow.redact.display_url`)."""
     return display_url(url.render_as_string(hide_password=False))
-
-
-def mysql_statement_size(row: dict[str, Any]) -> int:
-    """Bytes an INSERT of ``row`` takes on the MySQL wire.
-
-    PyMySQL writes values into the statement: bytes as hex (twice their size), text with quotes
-    and backslash escapes.
-    """
-    size = 0
-    for value in row.values():
-        if isinstance(value, dict | list):
-            value = _json_dumps(value)
-        if isinstance(value, LargeValue):
-            size += 2 * value.size + 16
-        elif isinstance(value, bytes):
-            size += 2 * len(value) + 16
-        elif isinstance(value, str):
-            data = value.encode("utf-8")
-            size += len(data) + sum(data.count(char) for char in _MYSQL_ESCAPED) + 16
-        else:
-            size += 32
-    return size
-
-
-def _json_dumps(value: Any) -> str:
-    # Values are JSON-ready already (db_rows); keep non-ASCII readable in the database.
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _sqlite_transactions(engine: Engine) -> None:
@@ -186,7 +157,7 @@ class DatabaseSink(Sink):
         try:
             engine = make_engine(
                 url, hide_parameters=True, pool_recycle=int(self.config.pool_recycle),
-                json_serializer=_json_dumps, connect_args=connect_args, **options,
+                json_serializer=json_dumps, connect_args=connect_args, **options,
             )
         except (ImportError, sa_exc.ArgumentError) as exc:
             extra = {"postgresql": " (pip install 'popflow[postgres]')",
@@ -286,33 +257,23 @@ class DatabaseSink(Sink):
         attachments = attachment_rows(message, store_content=self.config.store_attachments)
         doing = f"writing {message.source}/{message.uidl}"
         if self._max_packet is not None:
-            self._check_packet_size(doing, [row, *attachments])
+            check_packet_size(f"database sink {self.name}: {doing}", [row, *attachments], self._max_packet)
         try:
             with self._guard(doing):
                 connection = self._transaction()
                 message_pk = self._insert_message(connection, row)
                 if message_pk is not None and attachments:
                     insert_attachments(connection, self.tables.attachments, message_pk, attachments)
-        except DeliveryError:
+        except Exception:
             # A failed statement aborts the transaction on PostgreSQL and may leave a message row
-            # without its attachments elsewhere: drop the batch rather than ever commit that.
+            # without its attachments elsewhere; a value failing midway (its decoder, the spool)
+            # leaves a row with part of it: drop the batch rather than ever commit that.
             # (No savepoint per write: it would double the round trips of every batch.)
             self._lost_writes += self._pending
             self._pending = 0
             self._discard_transaction()
             raise
         self._pending += 1
-
-    def _check_packet_size(self, doing: str, rows: list[dict[str, Any]]) -> None:
-        """Refuse up front a row MySQL/MariaDB would answer by dropping the connection (a retry loop)."""
-        assert self._max_packet is not None
-        for row in rows:
-            size = mysql_statement_size(row)
-            if size > self._max_packet - _STATEMENT_OVERHEAD:
-                raise DeadLetterError(
-                    f"database sink {self.name}: {doing}: a row of about {size} bytes exceeds the server's "
-                    f"max_allowed_packet ({self._max_packet} bytes); raise it on the server, or turn off "
-                    "store_raw/store_attachments")
 
     def _insert_message(self, connection: Connection, row: dict[str, Any]) -> int | None:
         """Insert the row; return its id, or None when ``(source, uidl)`` was already there."""
@@ -322,7 +283,7 @@ class DatabaseSink(Sink):
             from sqlalchemy.dialects import postgresql, sqlite  # not at import: see json_type()
 
             row = dict(row)
-            pending = prepare(row, streams(connection))
+            pending = prepare(row, streaming(connection))
             dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = (dialect_insert(table).values(**row)
                          .on_conflict_do_nothing(index_elements=["source", "uidl"]).returning(table.c.id))
@@ -337,7 +298,7 @@ class DatabaseSink(Sink):
         if exists is not None:
             return None
         row = dict(row)
-        prepare(row, False)  # MariaDB takes no pieces: the value is read for this statement only
+        prepare(row, None)  # MariaDB takes no pieces: the value is read for this statement only
         try:
             result = connection.execute(insert(table).values(**row))
         except sa_exc.IntegrityError as error:

@@ -10,9 +10,15 @@ over: the bytes read, the driver's copy, the database's record being built.
   transaction. SQLite builds a row's record in memory, but a zeroblob that is the row's *last*
   stored column is never materialised: that is why ``content`` is the last column of the
   attachments table and why migration 0002 moves ``raw`` to the end of the messages table.
-* **PostgreSQL, MariaDB**: the value is read whole just before its own statement and dropped right
-  after (one large value in memory at a time, plus the driver's encoding of it); attachments with
-  large content get a statement each.
+* **PostgreSQL**: a value over :data:`STREAM_AT` is inserted as NULL and then sent in pieces
+  through ``COPY … FROM STDIN`` into a temporary table and moved into the row by one UPDATE, inside
+  the batch's transaction (:mod:`popflow.sinks.db_copy`).
+* **MariaDB**: the value is read whole just before its own statement and dropped right after (one
+  large value in memory at a time, plus the driver's encoding of it). No way of sending it in
+  pieces was found that is not quadratic or bounded by ``max_allowed_packet`` anyway
+  (docs/performance.md).
+
+Attachments with large content get a statement each.
 """
 
 from __future__ import annotations
@@ -23,27 +29,32 @@ from typing import Any
 from sqlalchemy import Connection, Table, func, insert, update
 from sqlalchemy import exc as sa_exc
 
+from popflow.sinks.db_copy import copy_values
 from popflow.sinks.db_rows import LargeValue
 
 STREAM_AT = 1024 * 1024
-"""Values larger than this are streamed into SQLite; smaller ones are bound as bytes."""
+"""Values larger than this are streamed (SQLite, PostgreSQL); smaller ones are bound as bytes."""
+
+_STREAMING = ("sqlite", "postgresql")
 
 
-def streams(connection: Connection) -> bool:
-    """Whether large values go in pieces on this connection (SQLite's incremental blob I/O)."""
-    return connection.dialect.name == "sqlite"
+def streaming(connection: Connection) -> str | None:
+    """The dialect when large values go in pieces on this connection, else None (read whole)."""
+    name = connection.dialect.name
+    return name if name in _STREAMING else None
 
 
-def prepare(row: dict[str, Any], streaming: bool) -> dict[str, LargeValue]:
+def prepare(row: dict[str, Any], dialect: str | None) -> dict[str, LargeValue]:
     """Make ``row`` bindable, in place; return the values still to stream, by column.
 
-    Each :class:`LargeValue` becomes its bytes, or (``streaming`` and large) ``zeroblob(size)``.
+    Each :class:`LargeValue` becomes its bytes, or (``dialect`` streams and the value is large) a
+    placeholder: ``zeroblob(size)`` on SQLite, NULL on PostgreSQL.
     """
     pending: dict[str, LargeValue] = {}
     for column, value in row.items():
         if isinstance(value, LargeValue):
-            if streaming and value.size > STREAM_AT:
-                row[column] = func.zeroblob(value.size)
+            if dialect is not None and value.size > STREAM_AT:
+                row[column] = func.zeroblob(value.size) if dialect == "sqlite" else None
                 pending[column] = value
             else:
                 row[column] = value.read()
@@ -51,7 +62,10 @@ def prepare(row: dict[str, Any], streaming: bool) -> dict[str, LargeValue]:
 
 
 def write_blobs(connection: Connection, table: Table, rowid: int, pending: dict[str, LargeValue]) -> None:
-    """Write the streamed values of row ``rowid`` (inserted as zeroblobs) piece by piece."""
+    """Write the streamed values of row ``rowid`` (inserted with placeholders) piece by piece."""
+    if connection.dialect.name == "postgresql":
+        copy_values(connection, table, rowid, pending)
+        return
     dbapi = connection.connection.dbapi_connection
     assert isinstance(dbapi, sqlite3.Connection)
     for column, value in pending.items():
@@ -78,9 +92,9 @@ def _write_blob(dbapi: sqlite3.Connection, table: str, column: str, rowid: int, 
 
 
 def insert_row(connection: Connection, table: Table, row: dict[str, Any]) -> None:
-    """Insert one row of ``table`` whose large values are streamed (SQLite) or read just for it."""
+    """Insert one row of ``table`` whose large values are streamed (SQLite, PostgreSQL) or read just for it."""
     values = dict(row)
-    pending = prepare(values, streams(connection))
+    pending = prepare(values, streaming(connection))
     result = connection.execute(insert(table).values(**values))
     if pending:
         primary_key = result.inserted_primary_key
@@ -100,7 +114,7 @@ def insert_attachments(connection: Connection, table: Table, message_pk: int, ro
                 small = []
             insert_row(connection, table, values)
         else:
-            prepare(values, False)
+            prepare(values, None)
             small.append(values)
     if small:
         connection.execute(insert(table), small)

@@ -16,6 +16,7 @@ is not changed. Nothing is lost: the raw bytes are the source of truth (kept in 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,11 @@ from popflow.record import json_value
 
 NUL_NOTE = "database: NUL characters replaced with U+FFFD"
 SURROGATE_NOTE = "database: invalid Unicode (lone surrogates) replaced with U+FFFD"
+
+
+def json_dumps(value: Any) -> str:
+    """``value`` (JSON-ready already, see :meth:`Cleaner.json`) as JSON text, non-ASCII kept readable."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
