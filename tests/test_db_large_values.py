@@ -29,10 +29,8 @@ from tests.test_database_sink import RAW, count, make_message, make_sink, reject
 STREAMING = ("sqlite", "postgresql")
 
 
-def streaming_only(database: TestDatabase) -> None:
-    """Skip on MariaDB, which takes no pieces (a value is read whole for its statement)."""
-    if database.kind not in STREAMING:
-        pytest.skip(f"{database.kind} reads large values whole (docs/performance.md)")
+streaming_only = pytest.mark.parametrize("database", STREAMING, indirect=True)
+"""Not MariaDB, which takes no pieces (a value is read whole for its statement; docs/performance.md)."""
 
 
 def test_a_value_of_many_pieces_is_stored_byte_exact(database: TestDatabase, tmp_path: Path) -> None:
@@ -82,10 +80,10 @@ def test_streamed_values_go_with_their_batch(database: TestDatabase, tmp_path: P
         sink.close()
 
 
+@streaming_only
 def test_a_value_that_fails_midway_leaves_nothing_half_written(database: TestDatabase, tmp_path: Path) -> None:
     # The decoder fails after some pieces were sent: the batch must not commit a row with part of
     # its value (or without it), nor the batch's earlier messages as if all were well.
-    streaming_only(database)
 
     def failing() -> Iterator[bytes]:
         yield b"x" * (3 * PIECE)
@@ -109,10 +107,10 @@ def test_a_value_that_fails_midway_leaves_nothing_half_written(database: TestDat
         sink.close()
 
 
+@streaming_only
 def test_the_client_holds_pieces_not_the_value(database: TestDatabase, tmp_path: Path) -> None:
     # 30 MB of attachment, ~40 MB of raw message, both from the spool: the Python heap grows by a
     # few pieces, not by either value (the old path held the value and its encoding, > 60 MB).
-    streaming_only(database)
     content = os.urandom(30 * 1024 * 1024)
     message, data = spooled_message(tmp_path, content)
     digest = hashlib.sha256(data).hexdigest()
@@ -137,12 +135,11 @@ def test_the_client_holds_pieces_not_the_value(database: TestDatabase, tmp_path:
         sink.close()
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_postgresql_copy_writes_pieces(database: TestDatabase, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # What goes to psycopg is the value in pieces of at most PIECE bytes, and nothing else but the
     # binary COPY framing (signature, flags, extension length, field count and length, trailer).
-    if database.kind != "postgresql":
-        pytest.skip("COPY is PostgreSQL's")
     writes: list[int] = []
     original = Copy.write
 
