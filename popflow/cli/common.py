@@ -37,6 +37,19 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+FAST_EXIT = "popflow.fast_exit"
+"""``ctx.meta`` key a command sets when its process may end without Python's module teardown."""
+
+
+def allow_fast_exit(ctx: click.Context) -> None:
+    """Let this process end with :func:`os._exit` once the command returns (see :class:`PopflowGroup`).
+
+    For a command that has closed everything it opened (the App, its sinks, the state store):
+    what is left is Python freeing every module and object, ~80 ms of CPU for a ``popflow poll``.
+    """
+    ctx.meta[FAST_EXIT] = True
+
+
 def fail(message: str, status: int = 2) -> NoReturn:
     """Print an error without a traceback and exit.
 

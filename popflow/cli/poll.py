@@ -11,7 +11,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from popflow.app import App
-from popflow.cli.common import config_option, console, open_app, prepare_data_dir, stop_on_signals, user_errors
+from popflow.cli.common import (
+    allow_fast_exit,
+    config_option,
+    console,
+    open_app,
+    prepare_data_dir,
+    stop_on_signals,
+    user_errors,
+)
 from popflow.poller import PollReport
 from popflow.terminal import printable, shown
 
@@ -34,6 +42,7 @@ def poll(ctx: click.Context, config_path: Path | None, sources: tuple[str, ...])
         with stop_on_signals(app.context.stop.set, "finishing the message in hand, then QUIT"):
             reports = _poll_all(app, names)
     print_summary(reports)
+    allow_fast_exit(ctx)  # the App is closed: nothing is left but freeing memory
     sys.exit(0 if all(report.clean for report in reports) else 1)
 
 
