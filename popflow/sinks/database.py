@@ -122,6 +122,7 @@ class DatabaseSink(Sink):
         self._lost_writes = 0  # writes of this batch a failed transaction took with it
         self._pending = 0
         self._max_packet: int | None = None  # MySQL/MariaDB: the largest statement the server accepts
+        self._insert_statement: Any = None  # the message INSERT … ON CONFLICT of this sink's dialect
 
     # -- URL and engine ------------------------------------------------------------------------
     @property
@@ -284,10 +285,18 @@ class DatabaseSink(Sink):
 
             row = dict(row)
             pending = prepare(row, streaming(connection))
-            dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            statement = (dialect_insert(table).values(**row)
-                         .on_conflict_do_nothing(index_elements=["source", "uidl"]).returning(table.c.id))
-            message_pk = connection.execute(statement).scalar_one_or_none()
+            if self._insert_statement is None:
+                dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                self._insert_statement = (dialect_insert(table)
+                                          .on_conflict_do_nothing(index_elements=["source", "uidl"])
+                                          .returning(table.c.id))
+            if pending:  # a placeholder for a large value is an SQL expression: it goes in the statement
+                result = connection.execute(self._insert_statement.values(**row))
+            else:
+                # The values as parameters of one statement built once: SQLAlchemy reuses its compiled
+                # form. (``.values(**row)`` made a statement and a cache key per message: ~0.8 ms.)
+                result = connection.execute(self._insert_statement, row)
+            message_pk = result.scalar_one_or_none()
             if message_pk is not None and pending:
                 write_blobs(connection, table, message_pk, pending)
             return message_pk
@@ -300,7 +309,7 @@ class DatabaseSink(Sink):
         row = dict(row)
         prepare(row, None)  # MariaDB takes no pieces: the value is read for this statement only
         try:
-            result = connection.execute(insert(table).values(**row))
+            result = connection.execute(insert(table), row)
         except sa_exc.IntegrityError as error:
             if error.orig is not None and error.orig.args and error.orig.args[0] == _MYSQL_DUPLICATE_KEY:
                 return None  # another process stored it since we looked
