@@ -1,7 +1,7 @@
 """One poll of one source: list, decide, retrieve, run the pipeline, deliver, record, DELE, QUIT.
 
 One retrieval stream runs over the whole poll, so the next batch arrives while this one is
-delivered (the session reads ahead; see :mod:`popflow.sources.pop3_session`). Per batch: each
+delivered (the session reads ahead; see :mod:`popflow.sources.pop3_stream`). Per batch: each
 retrieved message goes through :meth:`Pipeline.prepare
 <popflow.pipeline.Pipeline.prepare>` (a :class:`~popflow.outcome.Delivery` or a final
 :class:`~popflow.outcome.Outcome`), the deliveries through :meth:`Deliverer.deliver
@@ -206,7 +206,7 @@ class Poller:
         """Run every batch of ``fetch`` over one retrieval stream. Returns what was DELE'd, with ledger keys.
 
         One stream for the whole poll lets the session retrieve the next batch while this one is
-        written and recorded (see :mod:`popflow.sources.pop3_session`); a DELE still goes out only
+        written and recorded (see :mod:`popflow.sources.pop3_stream`); a DELE still goes out only
         after its batch is recorded.
         """
         deleted: list[tuple[Listing, str]] = []

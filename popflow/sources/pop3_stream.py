@@ -142,9 +142,7 @@ class RetrievalStream:
         try:
             reply = self.wire.read_response()
         except SourceConnectionError:
-            self._broken = True
-            self._in_flight.clear()
-            self._retrs_in_flight = 0
+            self._lose_stream()
             raise
         if is_dele and not self._settle_dele(listing, reply):
             self._refused_deletions.append(listing)
@@ -159,10 +157,13 @@ class RetrievalStream:
 
     def _park_retrievals(self) -> None:
         """Read every reply still in flight, so that the next reply on the wire is the caller's own."""
+        held = sum(len(raw) for _listing, raw in self._parked if isinstance(raw, RawMessage) and not raw.spooled)
         while self._retrs_in_flight:
             # What a server sends may exceed what it listed: past READ_AHEAD_BYTES in memory, park on disk.
-            held = sum(len(raw) for _listing, raw in self._parked if isinstance(raw, RawMessage) and not raw.spooled)
-            self._parked.append(self._read_retr(SPOOL_THRESHOLD if held < READ_AHEAD_BYTES else 0))
+            listing, fetched = self._read_retr(SPOOL_THRESHOLD if held < READ_AHEAD_BYTES else 0)
+            if isinstance(fetched, RawMessage) and not fetched.spooled:
+                held += len(fetched)
+            self._parked.append((listing, fetched))
         while self._in_flight:  # DELEs queued after the last RETR
             self._read_next()
 
@@ -174,8 +175,7 @@ class RetrievalStream:
             if isinstance(fetched, RawMessage):
                 fetched.discard()
         if self._broken:
-            self._in_flight.clear()
-            self._retrs_in_flight = 0
+            self._lose_stream()
             return
         while self._in_flight:
             is_dele, listing, reply = self._read_next()
@@ -186,10 +186,14 @@ class RetrievalStream:
                     try:
                         self.wire.skip_body(DRAIN_LIMIT)
                     except SourceConnectionError:
-                        self._broken = True
-                        self._in_flight.clear()
-                        self._retrs_in_flight = 0
+                        self._lose_stream()
                         raise
+
+    def _lose_stream(self) -> None:
+        """The connection failed: no reply in flight will be read; the session is broken."""
+        self._broken = True
+        self._in_flight.clear()
+        self._retrs_in_flight = 0
 
     def refused_deletions(self) -> list[Listing]:
         """DELEs queued behind the read-ahead (``delete`` returned before their replies) that were refused."""
