@@ -41,46 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness_config import write_maildir_config
 from memory import small_message
 
 from popflow.testing import POP3TestServer
 
 PLUGINS = False
 """Load the installed plugin packages in the child (``--plugins``); the harness has none."""
-
-
-def write_config(work: Path, port: int, maildir: Path) -> Path:
-    """The config of ``bench/popflow_fetch.sh maildir``, for the test server."""
-    config = work / "popflow.yaml"
-    config.write_text(
-        f"state: sqlite:///{work}/popflow-state.db\n"
-        f"data_dir: {work}/popflow-data\n"
-        "log_level: WARNING\n"
-        "sources:\n"
-        "  bench:\n"
-        "    type: pop3\n"
-        "    host: 127.0.0.1\n"
-        f"    port: {port}\n"
-        "    tls: none\n"
-        "    allow_insecure: true\n"
-        "    username: user\n"
-        "    password: pass\n"
-        "    keep_on_server: false\n"
-        "sinks:\n"
-        "  maildir:\n"
-        "    type: folder\n"
-        "    layout: maildir\n"
-        f"    path: {maildir}\n"
-        "filters:\n"
-        "  - drop: {subject: '^\\[SPAM\\]'}\n"
-        "routes:\n"
-        "  - match: {subject: '(?i)invoice'}\n"
-        "    sinks: [maildir]\n"
-        "    stop: true\n"
-        "  - sinks: [maildir]\n",
-        encoding="utf-8",
-    )
-    return config
 
 
 @dataclass
@@ -105,7 +72,7 @@ def poll_once(messages: list[bytes], scratch: Path, variant: str, path: str | No
     if path is not None:
         env["PYTHONPATH"] = os.path.abspath(path) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with POP3TestServer(messages) as server:
-        config = write_config(work, server.port, maildir)
+        config = write_maildir_config(work, server.port, maildir)
         command = [sys.executable, "-m", "popflow"]
         if profile is not None:
             command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "popflow"]

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """CPU per message of each step of the default path, in-process, without a profiler's distortion.
 
-Builds the app from the config ``bench/popflow_fetch.sh maildir`` writes (``bench/cpu_profile.py``'s
-``write_config``) and runs the poller's per-message steps over ``--messages`` small messages in
+Builds the app from the config ``bench/popflow_fetch.sh maildir`` writes (``bench/harness_config.py``'s
+``write_maildir_config``) and runs the poller's per-message steps over ``--messages`` small messages in
 batches of 100, the way :class:`popflow.poller.Poller` does, timing each step with
 ``getrusage`` (user and system CPU of this process, reported apart): receiving the bytes into a
 :class:`~popflow.raw.RawMessage`, the header digest, ``Pipeline.prepare`` (parse, scan, filter,
@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_profile import write_config
+from harness_config import write_maildir_config
 from memory import small_message
 
 from popflow.app import App
@@ -40,7 +40,7 @@ from popflow.sources.keys import header_digest
 def one_pass(messages: list[bytes], scratch: Path) -> dict[str, list[float]]:
     """``[user, system]`` CPU seconds per step for one pass over ``messages``."""
     work = Path(tempfile.mkdtemp(prefix="stages-", dir=scratch))
-    app = App(load_config(write_config(work, 110, work / "Maildir")))
+    app = App(load_config(write_maildir_config(work, 110, work / "Maildir")))
     app.prepare_data_dir()
     pipeline, deliverer = app.pipeline(), app.deliverer()
     spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])

@@ -33,26 +33,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests.support
 sys.path.insert(0, str(HERE))  # memory.small_message, scale_out.start_proxy
 
+from harness_config import write_maildir_config  # noqa: E402
 from memory import small_message  # noqa: E402
 from scale_out import start_proxy  # noqa: E402
 
 from tests.support.dovecot import DovecotServer, start_dovecot  # noqa: E402
-
-
-def write_config(work: Path, server: DovecotServer, port: int, options: list[str]) -> Path:
-    """The harness's default config (bench/popflow_fetch.sh maildir), pointed at ``port``."""
-    source = [f"    {line}" for line in options]
-    config = work / "popflow.yaml"
-    config.write_text("\n".join([
-        f"state: sqlite:///{work}/popflow-state.db", f"data_dir: {work}/popflow-data", "log_level: WARNING",
-        "sources:", "  bench:", "    type: pop3", "    host: 127.0.0.1", f"    port: {port}", "    tls: none",
-        "    allow_insecure: true", f"    username: {server.username}", f"    password: '{server.password}'",
-        *source,
-        "sinks:", "  maildir:", "    type: folder", "    layout: maildir", f"    path: {work}/Maildir",
-        "filters:", "  - drop: {subject: '^\\[SPAM\\]'}",
-        "routes:", "  - match: {subject: '(?i)invoice'}", "    sinks: [maildir]", "    stop: true",
-        "  - sinks: [maildir]", ""]))
-    return config
 
 
 def one_poll(popflow: str, server: DovecotServer, port: int, messages: list[bytes],
@@ -63,7 +48,8 @@ def one_poll(popflow: str, server: DovecotServer, port: int, messages: list[byte
         server.deliver(data)
     work = Path(tempfile.mkdtemp(prefix="popflow-netpoll-"))
     try:
-        config = write_config(work, server, port, options)
+        config = write_maildir_config(work, port, work / "Maildir", username=server.username,
+                                      password=server.password, source_options=options)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run([popflow, "-q", "poll", "-c", str(config)], check=True, stdout=subprocess.DEVNULL)

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness_config import write_maildir_config
+
 from popflow.testing import POP3TestServer
 from popflow.testing.mailbox import load_folder
 
@@ -47,40 +49,6 @@ class Tree:
     wall: list[float] = field(default_factory=list)
 
 
-def write_config(work: Path, port: int) -> Path:
-    """The config ``bench/popflow_fetch.sh maildir`` writes, pointed at the test server."""
-    config = work / "popflow.yaml"
-    config.write_text(
-        f"state: sqlite:///{work}/popflow-state.db\n"
-        f"data_dir: {work}/popflow-data\n"
-        "log_level: WARNING\n"
-        "sources:\n"
-        "  bench:\n"
-        "    type: pop3\n"
-        "    host: 127.0.0.1\n"
-        f"    port: {port}\n"
-        "    tls: none\n"
-        "    allow_insecure: true\n"
-        "    username: user\n"
-        "    password: pass\n"
-        "    keep_on_server: false\n"
-        "sinks:\n"
-        "  maildir:\n"
-        "    type: folder\n"
-        "    layout: maildir\n"
-        f"    path: {work}/Maildir\n"
-        "filters:\n"
-        "  - drop: {subject: '^\\[SPAM\\]'}\n"
-        "routes:\n"
-        "  - match: {subject: '(?i)invoice'}\n"
-        "    sinks: [maildir]\n"
-        "    stop: true\n"
-        "  - sinks: [maildir]\n",
-        encoding="utf-8",
-    )
-    return config
-
-
 def run_once(tree: Tree, messages: list[bytes], work: Path, keep_state: bool) -> None:
     """One poll by ``tree``'s popflow; appends its CPU and wall time, raises if it was not clean."""
     if not keep_state:
@@ -90,7 +58,7 @@ def run_once(tree: Tree, messages: list[bytes], work: Path, keep_state: bool) ->
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["PYTHONPATH"] = str(tree.path)
     with POP3TestServer(messages) as server:
-        config = write_config(work, server.port)
+        config = write_maildir_config(work, server.port, work / "Maildir")
         started = time.perf_counter()
         with open(work / "poll.out", "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "popflow", "-q", "poll", "-c", str(config)],
