@@ -53,10 +53,11 @@ class Attachment(BaseModel):
         return b""
 
     def chunks(self) -> Iterator[bytes]:
-        """The decoded bytes in pieces of about 1 MB, read anew from the raw message on each call.
+        """The decoded bytes in pieces of at most about 1 MB.
 
-        Memory stays bounded whatever the attachment's size: use it to write, hash or scan a large
-        attachment instead of :meth:`content`.
+        A message held in memory (up to 1 MB) keeps the bytes its parse decoded; a spooled one's
+        are decoded anew from the spool file on each call. Memory stays bounded whatever the
+        attachment's size: use it to write, hash or scan a large attachment instead of :meth:`content`.
         """
         if self._chunk_loader is not None:
             yield from self._chunk_loader()

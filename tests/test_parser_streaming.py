@@ -83,3 +83,44 @@ def test_chunks_of_an_unstreamable_part_are_its_whole_decode() -> None:
     attachment = message.attachments[0]
     assert b"".join(attachment.chunks()) == attachment.content() == b"ABC" + base64.b64decode(b"RA==")
     assert "body: broken base64" in message.defects
+
+
+def test_a_part_of_a_message_in_memory_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A database sink storing attachments reads each one after the parse measured it: for a message
+    # held in memory that must not decode the base64 a second time.
+    payload = random.Random(2).randbytes(300 * 1024)
+    raw = RawMessage.from_bytes(_big_message(payload))
+    assert not raw.spooled
+    decodes: list[int] = []
+    real = binascii.a2b_base64
+
+    def counting(data: bytes, **options: bool) -> bytes:
+        decodes.append(len(data))
+        return real(data, **options)
+
+    monkeypatch.setattr("popflow.parsing.transfer.binascii.a2b_base64", counting)
+    attachment = parse_message(raw, "test").attachments[0]
+    measured = sum(decodes)
+    assert measured >= len(base64.b64encode(payload))
+    assert attachment.content() == payload
+    assert b"".join(attachment.chunks()) == payload
+    assert sum(decodes) == measured  # neither read decoded anything again
+
+
+def test_a_part_of_a_spooled_message_is_decoded_again_not_kept(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = random.Random(3).randbytes(2 * 1024 * 1024)
+    raw = RawMessage.from_chunks(iter([_big_message(payload)]), tmp_path)
+    assert raw.spooled
+    decodes: list[int] = []
+    real = binascii.a2b_base64
+
+    def counting(data: bytes, **options: bool) -> bytes:
+        decodes.append(len(data))
+        return real(data, **options)
+
+    monkeypatch.setattr("popflow.parsing.transfer.binascii.a2b_base64", counting)
+    attachment = parse_message(raw, "test").attachments[0]
+    measured = sum(decodes)
+    assert attachment.content() == payload
+    assert sum(decodes) >= 2 * measured  # streamed from the spool again: nothing of it held in memory

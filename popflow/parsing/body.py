@@ -90,6 +90,8 @@ def bare_cr_line_ends(data: bytes) -> bool:
     if not carriage_returns:
         return False
     crlf = sample.count(b"\r\n")
+    if crlf == carriage_returns:  # every CR ends a CRLF: the common case, decided without a third pass
+        return False
     return carriage_returns - crlf > sample.count(b"\n")
 
 
@@ -137,17 +139,17 @@ def _attachment(part: Part, where: PartRange, data: bytes, raw_name: str | None,
     content_id = None
     if raw_id is not None:
         content_id = header_text(raw_id, "Content-ID", "latin-1", defects, words=False).strip("<> \t") or None
-    size, sha256, streamable = measure(where, slices(data, part.start, part.end), defects)
+    measured = measure(where, slices(data, part.start, part.end), defects)
     attachment = Attachment(
         filename=safe_filename(original, fallback),
         original_filename=original,
         content_type=part.content_type,
-        size=size,
-        sha256=sha256,
+        size=measured.size,
+        sha256=measured.sha256,
         content_id=content_id,
         inline=part.disposition == "inline" or (not part.disposition and content_id is not None),
     )
-    attachment._chunk_loader = chunk_loader(where, streamable)
+    attachment._chunk_loader = chunk_loader(where, measured)
     return attachment
 
 

@@ -1,9 +1,10 @@
 """An attachment's bytes, decoded from the raw message in bounded pieces, when and as often as asked.
 
 The body parser records where each leaf lies (a byte range of the raw message, or of its bare-CR
-converted form) and computes its size and SHA-256 here by streaming through it once; sinks later
-stream it again (:meth:`popflow.message.Attachment.chunks`). No copy of a whole large attachment,
-encoded or decoded, is made for either, except for the encodings that cannot be streamed (broken
+converted form) and computes its size and SHA-256 here by streaming through it once. A part of a message held in
+memory keeps its decoded bytes; a part of a spooled (large) message is streamed again whenever a
+sink asks (:meth:`popflow.message.Attachment.chunks`). No copy of a whole attachment of a spooled
+message, encoded or decoded, is made, except for the encodings that cannot be streamed (broken
 base64, uuencode), which are decoded whole as before.
 """
 
@@ -71,31 +72,54 @@ def slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
         yield piece
 
 
-def measure(part: PartRange, pieces: Iterator[bytes], defects: list[str]) -> tuple[int, str, bool]:
-    """``(size, sha256, streamable)`` of the decoded part, streaming through ``pieces`` once.
+@dataclass(frozen=True)
+class Measured:
+    """What the parser learns of a part by decoding it once."""
+
+    size: int
+    sha256: str
+    streamable: bool
+    kept: bytes | None = None
+    """The decoded bytes, kept when the message itself is held in memory (see :func:`measure`)."""
+
+
+def measure(part: PartRange, pieces: Iterator[bytes], defects: list[str]) -> Measured:
+    """Size and SHA-256 of the decoded part, streaming through ``pieces`` once.
 
     ``pieces`` are the part's encoded bytes (the parser passes slices of its buffer, so a spooled
     message is not read twice). When the part cannot be streamed it is decoded whole, which also
     records its defects (broken base64...), and ``streamable`` is False.
+
+    For a message held in memory (at most :data:`popflow.raw.SPOOL_THRESHOLD`) the decoded bytes
+    are kept: a database sink storing attachments would otherwise decode every one a second time,
+    and they are never larger than the raw bytes already held. A spooled message's parts are not
+    kept, so memory stays bounded whatever the attachment's size.
     """
+    keep = not part.raw.spooled and not part.converted
     if is_streamable(part.encoding):
         digest, size = hashlib.sha256(), 0
+        decoded: list[bytes] = []
         try:
             for chunk in iter_transfer_decoded(pieces, part.encoding):
                 digest.update(chunk)
                 size += len(chunk)
-            return size, digest.hexdigest(), True
+                if keep:
+                    decoded.append(chunk)
+            return Measured(size, digest.hexdigest(), True, b"".join(decoded) if keep else None)
         except NotStreamable:
             pass
     content = part.decoded_whole(defects)
-    return len(content), hashlib.sha256(content).hexdigest(), False
+    return Measured(len(content), hashlib.sha256(content).hexdigest(), False, content if keep else None)
 
 
-def chunk_loader(part: PartRange, streamable: bool) -> Callable[[], Iterator[bytes]]:
+def chunk_loader(part: PartRange, measured: Measured) -> Callable[[], Iterator[bytes]]:
     """A function that yields the part's decoded bytes anew on every call."""
+    kept = measured.kept
 
     def chunks() -> Iterator[bytes]:
-        if streamable:
+        if kept is not None:
+            yield kept  # at most the size of a message held in memory
+        elif measured.streamable:
             yield from iter_transfer_decoded(part.encoded_pieces(), part.encoding)
         else:
             yield part.decoded_whole([])

@@ -24,6 +24,7 @@ Attachments with large content get a statement each.
 from __future__ import annotations
 
 import sqlite3
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, update
@@ -102,6 +103,12 @@ def insert_row(connection: Connection, table: Table, row: dict[str, Any]) -> Non
         write_blobs(connection, table, int(primary_key[0]), pending)
 
 
+@lru_cache(maxsize=32)  # bounded: a reloaded daemon builds new Table objects
+def _plain_insert(table: Table) -> Any:
+    """``INSERT INTO table`` built once: run with parameters, SQLAlchemy reuses its compiled form."""
+    return insert(table)
+
+
 def insert_attachments(connection: Connection, table: Table, message_pk: int, rows: list[dict[str, Any]]) -> None:
     """Insert a message's attachment rows in order: small ones together, large ones one at a time."""
     small: list[dict[str, Any]] = []
@@ -110,11 +117,11 @@ def insert_attachments(connection: Connection, table: Table, message_pk: int, ro
         content = values.get("content")
         if isinstance(content, LargeValue) and content.size > STREAM_AT:
             if small:  # keep ids in position order
-                connection.execute(insert(table), small)
+                connection.execute(_plain_insert(table), small)
                 small = []
             insert_row(connection, table, values)
         else:
             prepare(values, None)
             small.append(values)
     if small:
-        connection.execute(insert(table), small)
+        connection.execute(_plain_insert(table), small)
