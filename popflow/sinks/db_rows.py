@@ -71,6 +71,8 @@ class Cleaner:
         """A string every database accepts (see the module docstring)."""
         if value is None:
             return None
+        if value.isascii() and "\x00" not in value:  # isascii() is O(1) on str: the common case
+            return value
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")
             self.note(NUL_NOTE)
