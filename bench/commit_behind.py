@@ -29,6 +29,10 @@ that keeps one core busy that share of the time (the harness runs Dovecot on thi
 
     .venv/bin/python bench/commit_behind.py --reps 5 --busy-core 0,50,100
 
+What a create costs decides the result, and on an ext4 without a journal (this VM's root
+filesystem) it depends on how many inodes were freed in the last 60-360 s: by default every run's
+files stay until the end; ``--remove-each`` deletes each run's files after it, as the harness does.
+
 Wall and CPU (user + system, main process and child apart) cover the batches only: the app, the
 sink's ``open`` and the child's start-up come before the clock starts (in a poll they would overlap
 the connect and login).
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
 import random
 import resource
@@ -75,6 +80,18 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
+def _phase(phases: dict[str, list[float]], name: str,
+           since: tuple[float, float, float] | None) -> tuple[float, float, float]:
+    """Add the wall, user and system seconds since ``since`` to ``phases[name]``; returns the new mark."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    now = (time.monotonic(), usage.ru_utime, usage.ru_stime)
+    if since is not None:
+        spent = phases.setdefault(name, [0.0, 0.0, 0.0])
+        for i in range(3):
+            spent[i] += now[i] - since[i]
+    return now
+
+
 def child_main(root: str) -> int:
     """Commit the batches that arrive on stdin into the Maildir ``root``; acknowledge each on stdout.
 
@@ -90,6 +107,7 @@ def child_main(root: str) -> int:
     directory = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
     root_fd, tmp_fd, new_fd = (os.open(path, directory) for path in (root, f"{root}/tmp", f"{root}/new"))
     start = resource.getrusage(resource.RUSAGE_SELF)
+    phases: dict[str, list[float]] = {}
     out.write(b"ready\n")
     out.flush()
     while True:
@@ -104,6 +122,7 @@ def child_main(root: str) -> int:
                           memoryview(body)[tmp_len + final_len:]))
         created: list[str] = []
         try:
+            mark = _phase(phases, "", None)
             for tmp, _final, data in items:
                 fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600)
                 created.append(tmp)
@@ -112,13 +131,17 @@ def child_main(root: str) -> int:
                         data = data[os.write(fd, data):]
                 finally:
                     os.close(fd)
+            mark = _phase(phases, "create+write", mark)
             if syncfs(root_fd) != 0:  # every file on disk before the first rename
                 code = ctypes.get_errno()
                 raise OSError(code, os.strerror(code))
+            mark = _phase(phases, "syncfs", mark)
             for tmp, final, _data in items:
                 os.rename(tmp, final)
+            mark = _phase(phases, "rename", mark)
             os.fsync(tmp_fd)
             os.fsync(new_fd)
+            _phase(phases, "fsync tmp/ new/", mark)
         except OSError as exc:
             for tmp in created:
                 with contextlib.suppress(OSError):  # renamed already (complete in new/) or gone
@@ -129,7 +152,7 @@ def child_main(root: str) -> int:
         out.write(f"ack {batch}\n".encode())
         out.flush()
     end = resource.getrusage(resource.RUSAGE_SELF)
-    out.write(f"bye {end.ru_utime - start.ru_utime} {end.ru_stime - start.ru_stime}\n".encode())
+    out.write(f"bye {end.ru_utime - start.ru_utime} {end.ru_stime - start.ru_stime} {json.dumps(phases)}\n".encode())
     out.flush()
     return 0
 
@@ -153,6 +176,8 @@ class Committer:
         self.waited = 0.0
         """Seconds the main process spent blocked on acknowledgements."""
         self.child_cpu = (0.0, 0.0)
+        self.phases: dict[str, list[float]] = {}
+        """The child's wall, user and system seconds by step of its commits."""
 
     def ship(self, batch: int, items: list[tuple[str, str, bytes]]) -> None:
         """Send one batch's files (tmp name, final name, bytes) to the child."""
@@ -177,9 +202,10 @@ class Committer:
         """End the child and collect its CPU time (user, system) since it said ready."""
         self.inbox.write(_BATCH.pack(0, 0))
         self.inbox.flush()
-        line = self.acks.readline().decode().split()
+        line = self.acks.readline().decode().split(" ", 3)
         assert line and line[0] == "bye", line
         self.child_cpu = (float(line[1]), float(line[2]))
+        self.phases = json.loads(line[3])
         self.inbox.close()
         self.proc.wait(timeout=30)
 
@@ -195,6 +221,7 @@ class Run:
     parent: tuple[float, float]
     child: tuple[float, float] = (0.0, 0.0)
     waited: float = 0.0
+    phases: dict[str, list[float]] = field(default_factory=dict)
     events: list[tuple[str, int, float]] = field(default_factory=list)
 
 
@@ -235,7 +262,7 @@ def _shipping_sink(base: Any, committer: Committer) -> Any:
     return ShippingMaildir(base.name, base.config, base.context)
 
 
-def one_run(shape: str, messages: list[bytes], scratch: Path, batch_size: int) -> Run:
+def one_run(shape: str, messages: list[bytes], scratch: Path, batch_size: int, remove: bool = False) -> Run:
     """Deliver ``messages`` once in ``shape`` (``inprocess`` or ``behind``) into a fresh Maildir; check it."""
     from harness_config import write_maildir_config
 
@@ -322,11 +349,12 @@ def one_run(shape: str, messages: list[bytes], scratch: Path, batch_size: int) -
     run = Run(shape, wall, (cpu1.ru_utime - cpu0.ru_utime, cpu1.ru_stime - cpu0.ru_stime), events=events)
     if committer is not None:
         committer.close()
-        run.child, run.waited = committer.child_cpu, committer.waited
+        run.child, run.waited, run.phases = committer.child_cpu, committer.waited, committer.phases
     deliverer.close()
     app.close()
     _check(run, messages, listings, maildir_root, work / "popflow-state.db", batches)
-    shutil.rmtree(work, ignore_errors=True)
+    if remove:
+        shutil.rmtree(work, ignore_errors=True)
     return run
 
 
@@ -385,6 +413,12 @@ def report(runs: list[Run], count: int, harness: tuple[float, float, float], sta
         walls = ", ".join(f"{r.wall:.2f}" for r in mine)
         print(f"  {shape:10s} {m['wall']:7.2f} {count / m['wall']:7.0f} {m['pu']:9.2f} {m['ps']:8.2f} {m['cu']:10.2f}"
               f" {m['cs']:9.2f} {m['wait']:8.2f}   walls: {walls}")
+    behind = [run for run in runs if run.shape == "behind"]
+    if behind:
+        print("  the child's commit, by step, median µs per message (wall / user / system):")
+        for step in behind[0].phases:
+            wall, user, system = (_median([r.phases[step][i] for r in behind]) / count * 1e6 for i in range(3))
+            print(f"    {step:16s} {wall:6.0f} / {user:4.0f} / {system:4.0f}")
     if len(medians) < 2:
         return
     before, after = medians["inprocess"]["wall"], medians["behind"]["wall"]
@@ -411,6 +445,10 @@ def main() -> int:
     parser.add_argument("--busy-core", default="0", help="comma-separated %% of one core kept busy, e.g. 0,50,100")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: in /tmp; use the disk "
                         "the Maildir would be on: on tmpfs a create costs nothing)")
+    parser.add_argument("--remove-each", action="store_true",
+                        help="delete each run's files right after it (default: all at the end; on an ext4 without a "
+                        "journal, like this VM's, inodes freed in the last 60-360 s are skipped one by one at every "
+                        "create, so deleting a run's 10,000 files makes the next run's creates several times dearer)")
     parser.add_argument("--harness", default="2089,1212,8547",
                         help="popflow, naive and ceiling msg/s of the harness's small workload to project onto")
     parser.add_argument("--startup", type=float, default=0.5,
@@ -436,7 +474,7 @@ def main() -> int:
                 for rep in range(args.reps):
                     order = ("inprocess", "behind") if rep % 2 == 0 else ("behind", "inprocess")
                     for shape in order:
-                        run = one_run(shape, messages, scratch, args.batch)
+                        run = one_run(shape, messages, scratch, args.batch, args.remove_each)
                         runs.append(run)
                         print(f"    rep {rep + 1} {shape:10s} wall {run.wall:.2f}s main {run.parent[0]:.2f}u"
                               f"+{run.parent[1]:.2f}s child {run.child[0]:.2f}u+{run.child[1]:.2f}s"
