@@ -50,6 +50,29 @@ PLUGINS = False
 """Load the installed plugin packages in the child (``--plugins``); the harness has none."""
 
 
+# ``python -m cProfile`` writes its stats after the program returns, but ``popflow poll`` leaves
+# through os._exit (popflow.cli's fast exit): the child profiles the command line itself and turns
+# the fast exit back into SystemExit, so the stats are written.
+PROFILED_POLL = """
+import cProfile, sys
+import popflow.cli as cli
+def _exit(code):
+    raise SystemExit(code)
+cli._exit_now = _exit
+out = sys.argv.pop(1)
+sys.argv[0] = "popflow"
+profiler = cProfile.Profile()
+try:
+    profiler.runcall(cli.main)
+except SystemExit as stop:
+    status = stop.code
+else:
+    status = 0
+profiler.dump_stats(out)
+sys.exit(status)
+"""
+
+
 @dataclass
 class Run:
     """The CPU of one poll."""
@@ -75,7 +98,7 @@ def poll_once(messages: list[bytes], scratch: Path, variant: str, path: str | No
         config = write_maildir_config(work, server.port, maildir)
         command = [sys.executable, "-m", "popflow"]
         if profile is not None:
-            command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "popflow"]
+            command = [sys.executable, "-c", PROFILED_POLL, str(profile)]
         command += ["-q", "poll", "-c", str(config)]
         out_file = work / "cachegrind.out"
         if instructions:
