@@ -7,6 +7,7 @@
 #   REPS=1 MIX_N=500 SMALL_N=2000 bench/run.sh      # a quick iteration
 #   FETCHERS=naive,ceiling bench/run.sh              # fewer peers (popflow always runs)
 #   SKIP_MEMORY=1 / SKIP_DB=1 / SKIP_INSTALL=1 bench/run.sh
+#   JOURNALED_FS=1 bench/run.sh        # BENCH_DIR on a loop-mounted journaled ext4 (journaled_fs.sh)
 #   bench/run.sh --tls                 # extra arguments go to every bench.py call
 #
 # Environment: POPFLOW_SHARED_BENCH (the harness folder; default ../shared/bench beside the
@@ -61,6 +62,12 @@ POPFLOW_DB_CMD="POPFLOW_BIN=$VENV/bin/popflow $FETCH db"
 customs=(--custom "popflow=$POPFLOW_CMD")
 [[ -z "${SKIP_DB:-}" ]] && customs+=(--custom "popflow-db=$POPFLOW_DB_CMD")
 
+if [[ -n "${JOURNALED_FS:-}" ]]; then
+    # The harness's own Dovecot must not keep running from the other BENCH_DIR.
+    (BENCH_DIR=${BENCH_DIR:-/tmp/popbench} "$SHARED/dovecot.sh" stop > /dev/null 2>&1 || true)
+    BENCH_DIR="$("$HERE/journaled_fs.sh" mount)/popbench"
+    trap '(BENCH_DIR=$BENCH_DIR "$SHARED/dovecot.sh" stop > /dev/null 2>&1 || true); rm -rf "${build:-}"' EXIT
+fi
 export BENCH_DIR=${BENCH_DIR:-/tmp/popbench}
 stamp=$(date +%Y%m%d-%H%M%S)
 outs=()
